@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 from scipy import special
 
+import vsep_tf.priors  # noqa: F401  registers every project class, so a clash of registered names shows below
 from vsep_tf.layers import mixture as mix
 from vsep_tf.layers.wavenet import DilatedConv1D, NoiseLevelEmbedding, ResidualBlock, WaveNet
 

@@ -84,11 +84,11 @@ def test_teacher_forcing_is_causal_with_stated_receptive_field():
   time = rf + 40
   x = tf.random.stateless_normal([2, time], seed=[3, 4]) * 0.5
   sigma = tf.constant([0.0, 0.2])
-  params = prior.params(x, sigma).numpy()
+  params = prior.mixture_params(x, sigma).numpy()
   t = time - 10
 
   def params_after(s, delta=0.7):
-    return prior.params(tf.tensor_scatter_nd_add(x, [[0, s], [1, s]], [delta, delta]), sigma).numpy()
+    return prior.mixture_params(tf.tensor_scatter_nd_add(x, [[0, s], [1, s]], [delta, delta]), sigma).numpy()
 
   p_t = params_after(t)
   np.testing.assert_array_equal(p_t[:, :t + 1], params[:, :t + 1])  # x_t does not inform its own prediction
@@ -136,6 +136,7 @@ def test_config_round_trip_keras_file_and_checkpoint(tmp_path):
   x = tf.constant(toy("sine", 2, 150, np.random.default_rng(2)))
   sigma = tf.constant([0.0, 0.3])
   want = prior.log_prob(x, sigma).numpy()
+  prior.sample(2, 20, 0.1, jit_compile=False)  # the cached sampler must not end up in checkpoints or files
 
   clone = WaveNetPrior.from_config(prior.get_config())
   clone.set_weights(prior.get_weights())
@@ -189,12 +190,13 @@ def _discrimination(steps, length, n_test, sigmas, seed=0, eval_length=2048, **m
 
 
 def test_sine_and_square_priors_rank_their_own_class_higher():
-  """Fast variant (~12 s): tiny priors, 150 steps. Each prior scores its own class's held-out examples higher on
-  average (nats per sample) and for most examples, noiseless and at sigma = 0.1."""
-  results = _discrimination(steps=150, length=1024, n_test=16, sigmas=(0.0, 0.1))
+  """Fast variant (~15 s): tiny priors (RF 64), 300 Adam steps on 512-sample crops. Each prior scores its own
+  class's held-out examples higher on average (nats per sample) and for at least 2/3 of the examples, noiseless
+  and at sigma = 0.1. (Over training seeds 0-3 the worst case seen was 12/16; such brief training is noisy.)"""
+  results = _discrimination(steps=300, length=512, n_test=16, sigmas=(0.0, 0.1), eval_length=1024)
   for (sigma, kind), (own, other) in results.items():
-    assert np.mean(own - other) > 0.2, (sigma, kind, np.mean(own - other))
-    assert np.mean(own > other) >= 0.75, (sigma, kind, own, other)
+    assert np.mean(own - other) > 0.3, (sigma, kind, np.mean(own - other))
+    assert np.mean(own > other) >= 2 / 3, (sigma, kind, own, other)
 
 
 @pytest.mark.slow

@@ -40,6 +40,9 @@ import math
 import keras
 import tensorflow as tf
 
+# Registered as 'vsep_tf.layers>Name', a namespace of its own (see vsep_tf/layers/wavenet.py).
+_PACKAGE = "vsep_tf.layers"
+
 BIN_WIDTH_16BIT = 2.0 / 2 ** 16
 LOG_SCALE_MIN = -7.0
 _LOG2 = math.log(2.0)
@@ -119,7 +122,7 @@ def mixture_sample(logits, means, log_scales, temperature=1.0, seed=None):
   return mu + temperature * tf.exp(log_s) * (tf.math.log(u) - tf.math.log1p(-u))
 
 
-@keras.saving.register_keras_serializable(package="vsep_tf")
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class LogisticMixture(keras.layers.Layer):
   """A K-component logistic mixture over linear amplitude, read from raw parameters [..., 3K] (no weights).
 

@@ -1,7 +1,7 @@
 """WaveNet layers (Keras 3): dilated convolution, gated residual block, the block stack, a noise-level embedding.
 
 Shapes are [batch, time, channels] throughout. Every layer has get_config and is registered for serialisation
-(package 'vsep_tf').
+(package 'vsep_tf.layers').
 
 Dilated convolution with kernel size k and dilation d:
 
@@ -32,12 +32,16 @@ import math
 import keras
 import tensorflow as tf
 
+# Registered as 'vsep_tf.layers>Name': the flow's coupling_net registers its own 'vsep_tf>NoiseLevelEmbedding', and
+# Keras silently lets a later registration of the same name replace the earlier one.
+_PACKAGE = "vsep_tf.layers"
+
 
 def _get_initializer(name_or_obj):
   return keras.initializers.get(name_or_obj)
 
 
-@keras.saving.register_keras_serializable(package="vsep_tf")
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class DilatedConv1D(keras.layers.Layer):
   """Dilated 1-D convolution, causal or 'same'. x [batch, time, C_in] -> [batch, time, filters].
 
@@ -107,7 +111,7 @@ class DilatedConv1D(keras.layers.Layer):
     return config
 
 
-@keras.saving.register_keras_serializable(package="vsep_tf")
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class ResidualBlock(keras.layers.Layer):
   """Gated residual block. call(x [batch, time, R], cond=None) -> (out [batch, time, R], skip [batch, time, S]).
 
@@ -194,7 +198,7 @@ class ResidualBlock(keras.layers.Layer):
     return config
 
 
-@keras.saving.register_keras_serializable(package="vsep_tf")
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class WaveNet(keras.layers.Layer):
   """WaveNet stack. call(x [batch, time, C_in], cond=None) -> [batch, time, out_channels].
 
@@ -310,7 +314,7 @@ class WaveNet(keras.layers.Layer):
     return config
 
 
-@keras.saving.register_keras_serializable(package="vsep_tf")
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class NoiseLevelEmbedding(keras.layers.Layer):
   """Embedding of the noise level: sigma [batch] -> [batch, channels].
 

@@ -57,14 +57,16 @@ class WaveNetPrior(Prior):
     self.embedding.build((None,))
     self.wavenet.build((None, None, 1), (None, self.cond_channels))
     self.built = True
-    self._sample_fns = None
+    # Compiled samplers, keyed by jit_compile. Set past Keras/TF attribute tracking: a tracked dict of
+    # tf.functions would break tf.train.Checkpoint and SavedModel export.
+    object.__setattr__(self, "_sample_fns", {})
 
   @property
   def receptive_field(self) -> int:
     """How many past samples p(x_t | x_<t) depends on: x_{t-R} .. x_{t-1}."""
     return self.wavenet.receptive_field
 
-  def params(self, x, sigma, training=False):
+  def mixture_params(self, x, sigma, training=False):
     """Raw mixture parameters [batch, time, 3K] for every step, teacher-forced. x [batch, time], sigma [batch]."""
     del training  # no dropout / batch norm
     x = tf.convert_to_tensor(x, tf.float32)
@@ -74,7 +76,7 @@ class WaveNetPrior(Prior):
 
   def log_prob_per_step(self, x, sigma, training=False):
     """log p(x_t | x_<t, sigma): [batch, time] nats."""
-    return self.mixture.log_prob(self.params(x, sigma, training), tf.convert_to_tensor(x, tf.float32))
+    return self.mixture.log_prob(self.mixture_params(x, sigma, training), tf.convert_to_tensor(x, tf.float32))
 
   def log_prob(self, x, sigma, training=False):
     """log p_sigma(x) = sum_t log p(x_t | x_<t, sigma): [batch] nats. x [batch, time], sigma [batch] (or scalar)."""
@@ -112,8 +114,6 @@ class WaveNetPrior(Prior):
     reproducible (stateless) draws. With return_log_prob=True also returns log p(x_t | x_<t, sigma)
     [num, length] computed step by step (equal to `log_prob_per_step` of the result).
     """
-    if self._sample_fns is None:
-      self._sample_fns = {}
     if jit_compile not in self._sample_fns:
       # length is a Python int (XLA needs a static TensorArray size); sigma, temperature, seed are tensors.
       self._sample_fns[jit_compile] = tf.function(self._generate, jit_compile=bool(jit_compile))

@@ -139,7 +139,7 @@ class PriorTrainer:
     iterator = iter(dist_dataset)
     self._loop_fn = self._loop_fn or self._build_loop()
     writer = tf.summary.create_file_writer(os.path.join(self.write_dir, "train"))
-    progbar = keras.utils.Progbar(target, stateful_metrics=["steps/s", "samples/s", *self.source_names],
+    progbar = keras.utils.Progbar(target, stateful_metrics=["steps/s", "ksamples/s", *self.source_names],
                                   verbose=1 if self.is_chief else 0, unit_name="step")
     step = int(self.step.numpy())
     if step == 0 and self.is_chief:
@@ -153,7 +153,9 @@ class PriorTrainer:
       step = int(self.step.numpy())
       if not np.isfinite(metrics["total_loss"]):
         raise FloatingPointError(f"non-finite loss at step {step}: {metrics}")
-      rates = {"steps/s": n / dt, "samples/s": n * self.global_batch * len(self.source_names) / dt}
+      # audio samples through all priors per second (crops x crop length x classes)
+      rates = {"steps/s": n / dt,
+               "ksamples/s": n * self.global_batch * fv.crop_length * len(self.source_names) / dt / 1e3}
       progbar.update(step, [(k, v) for k, v in {**metrics, **rates}.items() if k != "total_loss"]
                      + [("loss", metrics["total_loss"])])
       with writer.as_default(step=step):
@@ -162,6 +164,8 @@ class PriorTrainer:
         tf.summary.scalar("learning_rate", self.optimizer.learning_rate)
       if step % fv.checkpoint_every == 0 or step >= target:
         self.manager.save(checkpoint_number=step)
+    if self.is_chief and metrics:
+      self._write_sample_audio(writer, step)
     writer.flush()
     return metrics
 
@@ -174,3 +178,18 @@ class PriorTrainer:
       for name in self.source_names:
         x = batch[name][:2, :n]
         tf.summary.audio(f"data/{name}", x[..., None], self.data.sample_rate, max_outputs=2)
+
+  def _write_sample_audio(self, writer, step):
+    """Listening check: a short noiseless sample from every prior (Fast WaveNet / flow inverse)."""
+    seconds = self.fv.audio_summary_seconds
+    if seconds <= 0:
+      return
+    n = int(seconds * self.data.sample_rate)
+    n -= n % 64  # flows need lengths divisible by their total squeeze factor
+    with writer.as_default(step=step):
+      for name, prior in self.priors.items():
+        if hasattr(prior, "sample") and n > 0:
+          x = prior.sample(1, n, sigma=0.0)
+          x = x[0] if isinstance(x, (tuple, list)) else x
+          tf.summary.audio(f"samples/{name}", tf.clip_by_value(x, -1.0, 1.0)[..., None], self.data.sample_rate,
+                           max_outputs=1)
