@@ -54,8 +54,10 @@ def main(argv):
   examples = held_out_examples(fv, FLAGS.split, FLAGS.num_examples, crop, FLAGS.seed)
   sigmas = [float(s) for s in FLAGS.sigmas]
   names = list(priors)
-  table = confusion.log_likelihood_table(priors, {n: examples[n] for n in names}, sigmas, seed=FLAGS.seed)
-  text = confusion.format_table(table, names, sigmas)
+  table, scores = confusion.log_likelihood_table(priors, {n: examples[n] for n in names}, sigmas,
+                                                 seed=FLAGS.seed, per_example=True)
+  accuracy = confusion.example_accuracy(scores)
+  text = confusion.format_table(table, names, sigmas, accuracy)
   print(text)
   if FLAGS.output_md:
     with open(FLAGS.output_md, "w", encoding="utf-8") as f:
@@ -65,7 +67,8 @@ def main(argv):
   if FLAGS.output_json:
     with open(FLAGS.output_json, "w", encoding="utf-8") as f:
       json.dump({"sources": names, "sigmas": sigmas, "table": np.round(table, 5).tolist(),
-                 "summary": confusion.summarize(table, names)}, f, indent=1)
+                 "summary": confusion.summarize(table, names),
+                 "example_accuracy": np.round(accuracy, 4).tolist()}, f, indent=1)
   summary = confusion.summarize(table, names)
   bad = [s for s, info in zip(sigmas, summary) if info["row_hits"] < len(names)]
   if bad:

@@ -15,8 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 
-def log_likelihood_table(priors, examples, sigmas, batch_size=8, seed=0):
+def log_likelihood_table(priors, examples, sigmas, batch_size=8, seed=0, per_example=False):
   """C: float64 [num_sigmas, K priors, K classes], nats per sample.
+
+  With per_example=True also returns L: float64 [num_sigmas, K priors, K classes, n], each example's score.
 
   priors:   {name: Prior}; examples: {name: float32 [n, T]} held-out solo crops (same names and order).
   sigmas:   noise levels (0 = noiseless). The same noise draw is used for every prior.
@@ -24,25 +26,33 @@ def log_likelihood_table(priors, examples, sigmas, batch_size=8, seed=0):
   names = list(priors)
   if set(names) != set(examples):
     raise ValueError(f"priors {sorted(names)} and example classes {sorted(examples)} differ")
-  table = np.zeros([len(sigmas), len(names), len(names)])
+  n = len(next(iter(examples.values())))
+  scores = np.zeros([len(sigmas), len(names), len(names), n])
   rng = np.random.default_rng(seed)
   for s, sigma in enumerate(sigmas):
     for j, data_name in enumerate(names):
       x = np.asarray(examples[data_name], np.float32)
       noisy = x + np.float32(sigma) * rng.standard_normal(x.shape).astype(np.float32)
       for k, prior_name in enumerate(names):
-        table[s, k, j] = _mean_log_prob(priors[prior_name], noisy, sigma, batch_size)
-  return table
+        scores[s, k, j] = _log_prob_per_sample(priors[prior_name], noisy, sigma, batch_size)
+  table = scores.mean(axis=-1)
+  return (table, scores) if per_example else table
 
 
-def _mean_log_prob(prior, x, sigma, batch_size):
+def example_accuracy(scores):
+  """[num_sigmas, K classes]: fraction of class-j examples whose best-scoring prior is prior j."""
+  best = scores.argmax(axis=1)  # [S, K classes, n]
+  return (best == np.arange(scores.shape[1])[None, :, None]).mean(axis=-1)
+
+
+def _log_prob_per_sample(prior, x, sigma, batch_size):
+  """[n] log p_sigma(x_i) / T for each example."""
   fn = _compiled_log_prob(prior)
-  total = 0.0
+  out = []
   for start in range(0, len(x), batch_size):
     chunk = tf.constant(x[start:start + batch_size])
-    lp = fn(chunk, tf.fill([tf.shape(chunk)[0]], tf.constant(sigma, tf.float32)))
-    total += float(tf.reduce_sum(lp))
-  return total / (len(x) * x.shape[1])
+    out.append(fn(chunk, tf.fill([tf.shape(chunk)[0]], tf.constant(sigma, tf.float32))).numpy())
+  return np.concatenate(out) / x.shape[1]
 
 
 _COMPILED = {}
@@ -69,8 +79,9 @@ def summarize(table, names):
   return out
 
 
-def format_table(table, names, sigmas):
-  """Markdown tables, one per sigma: rows = priors, columns = data classes; the row maximum in bold."""
+def format_table(table, names, sigmas, accuracy=None):
+  """Markdown tables, one per sigma: rows = priors, columns = data classes; the row maximum in bold.
+  accuracy: optional [num_sigmas, K] from `example_accuracy`, printed under each table."""
   summary = summarize(table, names)
   lines = []
   for s, sigma in enumerate(sigmas):
@@ -84,6 +95,9 @@ def format_table(table, names, sigmas):
       row = table[s, k]
       cells = [f"**{v:.3f}**" if j == int(np.argmax(row)) else f"{v:.3f}" for j, v in enumerate(row)]
       lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if accuracy is not None:
+      lines.append("| examples whose best prior is their own | "
+                   + " | ".join(f"{100 * a:.0f}%" for a in accuracy[s]) + " |")
     lines.append("")
   return "\n".join(lines)
 
