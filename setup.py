@@ -22,6 +22,8 @@ EXTRAS = {
     # In-graph decoding/resampling for tf.data. Its last release (0.37.1) only loads with TF 2.16/2.17;
     # vsep_tf probes for it at run time and falls back to soundfile/scipy.
     "io": ["tensorflow-io>=0.37"],
+    # Heatmaps and charts of the diagnostic tools.
+    "plots": ["matplotlib>=3.7"],
     "test": ["pytest>=7"],
 }
 EXTRAS["all"] = sorted({p for k, v in EXTRAS.items() if k not in ("io", "test") for p in v})
