@@ -11,9 +11,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from vsep_tf.bijectors import (ActNorm, ActNormLayer, AffineCoupling, InvertibleConv1x1, InvertibleConv1x1Layer,
-                               NoiseLevelEmbedding, NonCausalWaveNet, SplitPriorNet, Squeeze, actnorm_init_values,
+from vsep_tf.bijectors import (ActNorm, ActNormLayer, AffineCoupling, CouplingWaveNet, InvertibleConv1x1,
+                               InvertibleConv1x1Layer, SplitPriorNet, Squeeze, actnorm_init_values,
                                forward_and_log_det, inverse_and_log_det, lu_decompose, random_orthogonal_lu)
+from vsep_tf.layers.wavenet import NoiseLevelEmbedding
 
 tfb = tfp.bijectors
 
@@ -204,8 +205,8 @@ def test_invertible_conv_gradients_reach_every_trainable_weight():
 
 
 def make_coupling_parts(seed=0, in_ch=C // 2, out_ch=C - C // 2):
-  emb = NoiseLevelEmbedding(embed_dim=5)
-  net = NonCausalWaveNet(in_ch, out_ch, width=8, num_layers=3, kernel_size=3, cond_dim=5)
+  emb = NoiseLevelEmbedding(channels=5)
+  net = CouplingWaveNet(in_ch, out_ch, width=8, num_layers=3, kernel_size=3, cond_dim=5)
   return emb, net
 
 
@@ -245,7 +246,7 @@ def test_coupling_log_scale_is_soft_clamped():
 
 
 def test_coupling_custom_split_and_split_prior_net():
-  emb = NoiseLevelEmbedding(embed_dim=3)
+  emb = NoiseLevelEmbedding(channels=3)
   net = SplitPriorNet(3, 1, kernel_size=3, cond_dim=3)
   e = emb(tf.constant([0.0, 1.0]))
   x = np.random.default_rng(11).standard_normal((B, T, C)).astype(np.float32)
@@ -275,13 +276,13 @@ def test_coupling_network_runs_once_per_forward_and_log_det():
   assert len(calls) == 2
   np.testing.assert_allclose(x_back.numpy(), x.numpy(), atol=ATOL_RT)
   # No stale cache across instances: after a weight update a new coupling on the SAME tensor recomputes.
-  net.out.kernel.assign(net.out.kernel + 0.1)
+  net.wavenet.head_2.kernel.assign(net.wavenet.head_2.kernel + 0.1)
   y3 = AffineCoupling(counted).forward(x, conditioning=e)
   assert len(calls) == 3 and np.abs(y3.numpy() - y.numpy()).max() > 1e-3
 
 
 def test_wavenet_is_non_causal_and_conditioned_in_every_layer():
-  net = NonCausalWaveNet(2, 2, width=8, num_layers=3, kernel_size=3, cond_dim=4)
+  net = CouplingWaveNet(2, 2, width=8, num_layers=3, kernel_size=3, cond_dim=4)
   perturb(net, 0.3, seed=14)
   assert net.dilations == [1, 2, 4] and net.receptive_field == 1 + 2 * (1 + 7)
   x = tf.random.normal([1, 32, 2])
@@ -332,7 +333,7 @@ def test_glow_step_chain_with_conditional_kwargs():
 def test_layers_get_config_round_trip():
   for layer in (ActNormLayer(3, min_std=1e-2, name="a"), InvertibleConv1x1Layer(3, seed=2, name="c"),
                 NoiseLevelEmbedding(7, sigma_floor=1e-3, name="e"),
-                NonCausalWaveNet(2, 3, width=4, num_layers=2, kernel_size=5, dilation_cycle=1, cond_dim=6, name="w"),
+                CouplingWaveNet(2, 3, width=4, num_layers=2, kernel_size=5, dilation_cycle=1, cond_dim=6, name="w"),
                 SplitPriorNet(2, 2, kernel_size=3, cond_dim=4, name="s")):
     config = layer.get_config()
     clone = type(layer).from_config(config)

@@ -8,20 +8,19 @@ their current values on every call, so a Keras model's trainable_variables sees 
   actnorm          ActNorm + ActNormLayer (data-dependent init) + actnorm_init_values
   invertible_conv  InvertibleConv1x1 (LU) + InvertibleConv1x1Layer + lu_decompose / random_orthogonal_lu
   affine_coupling  AffineCoupling (conditional kwargs `conditioning`, soft-clamped exp scale)
-  coupling_net     NoiseLevelEmbedding, NonCausalWaveNet, SplitPriorNet (Keras 3 layers)
+  coupling_net     CouplingWaveNet (over vsep_tf.layers.wavenet.WaveNet), SplitPriorNet (Keras 3 layers)
   walk             forward_and_log_det / inverse_and_log_det: one pass over a tfb.Chain
-  tracking         layer lists that tf.train.Checkpoint can see
 """
 from vsep_tf.bijectors.actnorm import ActNorm, ActNormLayer, actnorm_init_values
 from vsep_tf.bijectors.affine_coupling import AffineCoupling
-from vsep_tf.bijectors.coupling_net import NoiseLevelEmbedding, NonCausalWaveNet, SplitPriorNet
+from vsep_tf.bijectors.coupling_net import CouplingWaveNet, SplitPriorNet
 from vsep_tf.bijectors.invertible_conv import (InvertibleConv1x1, InvertibleConv1x1Layer, lu_decompose,
                                                random_orthogonal_lu)
 from vsep_tf.bijectors.squeeze import Squeeze
 from vsep_tf.bijectors.walk import forward_and_log_det, inverse_and_log_det
 
 __all__ = [
-    "ActNorm", "ActNormLayer", "actnorm_init_values", "AffineCoupling", "NoiseLevelEmbedding", "NonCausalWaveNet",
-    "SplitPriorNet", "InvertibleConv1x1", "InvertibleConv1x1Layer", "lu_decompose", "random_orthogonal_lu",
+    "ActNorm", "ActNormLayer", "actnorm_init_values", "AffineCoupling", "CouplingWaveNet", "SplitPriorNet",
+    "InvertibleConv1x1", "InvertibleConv1x1Layer", "lu_decompose", "random_orthogonal_lu",
     "Squeeze", "forward_and_log_det", "inverse_and_log_det",
 ]

@@ -42,7 +42,7 @@ class AffineCoupling(tfb.Bijector):
   Args:
     shift_and_log_scale_fn: callable (x_a [batch, T, num_masked], conditioning) -> (shift, raw_log_scale), each
       [batch, T, C - num_masked]. A Keras 3 layer (its weights stay owned by the Keras model), e.g.
-      `NonCausalWaveNet` or `SplitPriorNet`. Its last layer should be zero-initialised (identity at init).
+      `CouplingWaveNet` or `SplitPriorNet`. Its last layer should be zero-initialised (identity at init).
     num_masked: channels passed through unchanged (x_a); default C // 2 of the input.
     log_scale_clamp: bound on |log_s| (see above); None or 0 disables the clamp (plain exp).
   Event ndims 2 ([time, channels]); conditional kwarg `conditioning` (anything the network accepts).

@@ -18,9 +18,10 @@ Residual block (gated activation unit, optional conditioning c added to both gat
 
 Stack of num_blocks x num_layers blocks with dilations 1, 2, ..., 2^(num_layers-1) in every block:
 
-    h_0 = W_in x;  h_{l+1}, s_l = Block_l(h_l, c);  y = W_2 relu(W_1 relu(sqrt(1/N) sum_l s_l))
+    h_0 = W_in x (1x1, or k_in taps);  h_{l+1}, s_l = Block_l(h_l, c);  y = W_2 relu(W_1 relu(sqrt(1/N) sum_l s_l))
 
-Receptive field (causal): output t depends on inputs t - R + 1 .. t, R = (k - 1) num_blocks (2^num_layers - 1) + 1.
+Receptive field (causal): output t depends on inputs t - R + 1 .. t,
+R = (k - 1) num_blocks (2^num_layers - 1) + k_in (k_in = input_kernel_size, 1 by default).
 
 Causal stacks also run incrementally, one time step at a time, with one input queue per layer holding its last
 (k - 1) d inputs (Fast WaveNet, Paine et al. 2016): `init_queues`, `step_conditioning`, `step`.
@@ -32,8 +33,10 @@ import math
 import keras
 import tensorflow as tf
 
-# Registered as 'vsep_tf.layers>Name': the flow's coupling_net registers its own 'vsep_tf>NoiseLevelEmbedding', and
-# Keras silently lets a later registration of the same name replace the earlier one.
+from vsep_tf.layers.tracking import get_layer_list, set_layer_list
+
+# Registered as 'vsep_tf.layers>Name' (Keras silently lets a later registration of the same name replace the earlier
+# one, so every package keeps its own prefix).
 _PACKAGE = "vsep_tf.layers"
 
 
@@ -205,13 +208,14 @@ class WaveNet(keras.layers.Layer):
   num_blocks x num_layers gated residual blocks, dilations 2^0 .. 2^(num_layers-1) per block, a 1x1 input
   projection, the skip sum scaled by sqrt(1/N) and a ReLU-1x1-ReLU-1x1 head. causal=False gives the 'same'-padded
   non-causal net of flow coupling layers; zero_init_output=True starts the last 1x1 at zero (identity couplings).
-  gate_channels=0 means residual_channels, head_channels=0 means skip_channels.
+  gate_channels=0 means residual_channels, head_channels=0 means skip_channels. input_kernel_size > 1 makes the
+  input projection a k_in-tap convolution (FloWaveNet's front conv; full-sequence `call` only, no `step`).
   """
 
   def __init__(self, num_blocks: int = 2, num_layers: int = 10, residual_channels: int = 32,
                skip_channels: int = 64, out_channels: int = 1, kernel_size: int = 2, causal: bool = True,
                gate_channels: int = 0, head_channels: int = 0, conditional: bool = False,
-               zero_init_output: bool = False, **kwargs):
+               zero_init_output: bool = False, input_kernel_size: int = 1, **kwargs):
     super().__init__(**kwargs)
     self.num_blocks = int(num_blocks)
     self.num_layers = int(num_layers)
@@ -224,15 +228,15 @@ class WaveNet(keras.layers.Layer):
     self.head_channels = int(head_channels) or self.skip_channels
     self.conditional = bool(conditional)
     self.zero_init_output = bool(zero_init_output)
+    self.input_kernel_size = int(input_kernel_size)
 
-    self.input_proj = DilatedConv1D(self.residual_channels, 1, name="input_proj")
+    self.input_proj = DilatedConv1D(self.residual_channels, self.input_kernel_size, causal=self.causal,
+                                    name="input_proj")
     n = self.num_blocks * self.num_layers
-    # One attribute per block, not a list: tf.train.Checkpoint does not traverse Keras 3's tracked lists, so
-    # blocks held only in a list would silently be left out of checkpoints (Keras' own .keras saving sees both).
-    for i, d in enumerate(self.dilations):
-      setattr(self, f"block_{i}", ResidualBlock(
-          self.residual_channels, self.skip_channels, self.kernel_size, d, self.causal, self.gate_channels,
-          self.conditional, residual_output=(i < n - 1), name=f"block_{i}"))
+    # Attributes block_0, block_1, ..., not a list attribute (see vsep_tf.layers.tracking).
+    set_layer_list(self, "block", [ResidualBlock(
+        self.residual_channels, self.skip_channels, self.kernel_size, d, self.causal, self.gate_channels,
+        self.conditional, residual_output=(i < n - 1), name=f"block_{i}") for i, d in enumerate(self.dilations)])
     self.head_1 = DilatedConv1D(self.head_channels, 1, name="head_1")
     self.head_2 = DilatedConv1D(self.out_channels, 1, name="head_2",
                                 kernel_initializer="zeros" if self.zero_init_output else "glorot_uniform")
@@ -241,7 +245,7 @@ class WaveNet(keras.layers.Layer):
   @property
   def blocks(self):
     """The residual blocks, input side first."""
-    return [getattr(self, f"block_{i}") for i in range(self.num_blocks * self.num_layers)]
+    return get_layer_list(self, "block")
 
   @property
   def dilations(self):
@@ -249,8 +253,8 @@ class WaveNet(keras.layers.Layer):
 
   @property
   def receptive_field(self) -> int:
-    """Number of input samples one output sees: (k - 1) * sum(dilations) + 1."""
-    return (self.kernel_size - 1) * sum(self.dilations) + 1
+    """Number of input samples one output sees: (k - 1) * sum(dilations) + input_kernel_size."""
+    return (self.kernel_size - 1) * sum(self.dilations) + self.input_kernel_size
 
   def build(self, x_shape, cond_shape=None):
     if self.conditional and cond_shape is None:
@@ -293,8 +297,8 @@ class WaveNet(keras.layers.Layer):
   def step(self, x_t, queues, cond_terms):
     """One time step. x_t [batch, C_in], queues from init_queues/step, cond_terms from step_conditioning.
     Returns (y_t [batch, out_channels], new queues). Equals call(...)[:, t] for the same past inputs."""
-    if not self.causal:
-      raise ValueError("incremental generation needs a causal WaveNet")
+    if not self.causal or self.input_kernel_size != 1:
+      raise ValueError("incremental generation needs a causal WaveNet with input_kernel_size=1")
     h = self.input_proj.step(x_t[:, None])
     skip_sum = 0.0
     new_queues = []
@@ -310,7 +314,8 @@ class WaveNet(keras.layers.Layer):
                   residual_channels=self.residual_channels, skip_channels=self.skip_channels,
                   out_channels=self.out_channels, kernel_size=self.kernel_size, causal=self.causal,
                   gate_channels=self.gate_channels, head_channels=self.head_channels,
-                  conditional=self.conditional, zero_init_output=self.zero_init_output)
+                  conditional=self.conditional, zero_init_output=self.zero_init_output,
+                  input_kernel_size=self.input_kernel_size)
     return config
 
 
@@ -318,17 +323,21 @@ class WaveNet(keras.layers.Layer):
 class NoiseLevelEmbedding(keras.layers.Layer):
   """Embedding of the noise level: sigma [batch] -> [batch, channels].
 
-    c = (log(sigma + 1e-4) - log(1e-2)) / 4.6          (sigma = 0 -> c ~ -1, sigma = 1 -> c ~ +1)
-    f = [c, sin(pi 2^j c), cos(pi 2^j c)]_{j < num_frequencies}
+    c = 1 + log(sigma + s_0) / (0.5 log(1 / s_0))    (s_0 = sigma_floor; sigma = 0 -> c = -1, sigma = 1 -> c ~ +1;
+                                                      s_0 = 1e-4: c = (log(sigma + 1e-4) - log(1e-2)) / 4.605)
+    f = [c, sin(pi 2^j c), cos(pi 2^j c)]_{j < num_frequencies}       (num_frequencies = 0: f = [c])
     e = silu(W_2 silu(W_1 f + b_1) + b_2)
 
-  sigma = 0 (noiseless) is a valid input: log(1e-4) is finite.
+  sigma = 0 (noiseless) is a valid input: log(s_0) is finite.
   """
 
-  def __init__(self, channels: int = 32, num_frequencies: int = 4, **kwargs):
+  def __init__(self, channels: int = 32, num_frequencies: int = 4, sigma_floor: float = 1e-4, **kwargs):
     super().__init__(**kwargs)
     self.channels = int(channels)
     self.num_frequencies = int(num_frequencies)
+    self.sigma_floor = float(sigma_floor)
+    if not 0.0 < self.sigma_floor < 1.0:
+      raise ValueError(f"NoiseLevelEmbedding: sigma_floor must be in (0, 1), got {sigma_floor}")
     self.dense_1 = keras.layers.Dense(self.channels, activation="silu", name="dense_1")
     self.dense_2 = keras.layers.Dense(self.channels, activation="silu", name="dense_2")
 
@@ -337,7 +346,8 @@ class NoiseLevelEmbedding(keras.layers.Layer):
     self.dense_2.build((None, self.channels))
 
   def features(self, sigma):
-    c = (tf.math.log(tf.cast(sigma, tf.float32) + 1e-4) - math.log(1e-2)) / 4.6
+    sigma = tf.reshape(tf.cast(sigma, tf.float32), [-1])
+    c = 1.0 + tf.math.log(sigma + self.sigma_floor) / (0.5 * math.log(1.0 / self.sigma_floor))
     c = c[:, None]
     freqs = math.pi * 2.0 ** tf.range(self.num_frequencies, dtype=tf.float32)
     return tf.concat([c, tf.sin(c * freqs), tf.cos(c * freqs)], axis=-1)
@@ -350,5 +360,5 @@ class NoiseLevelEmbedding(keras.layers.Layer):
 
   def get_config(self):
     config = super().get_config()
-    config.update(channels=self.channels, num_frequencies=self.num_frequencies)
+    config.update(channels=self.channels, num_frequencies=self.num_frequencies, sigma_floor=self.sigma_floor)
     return config

@@ -5,7 +5,7 @@ Architecture (forward = normalising direction, x -> z), x: [batch, T] -> [batch,
     pre-squeeze by 2^squeeze_first                    [B, T / 2^s, 2^s]      (optional: shorter time, cheaper on CPU)
     block b = 0 .. num_blocks - 1:
       Squeeze(2)                                      [B, T_b, C_b]          T_b halves, C_b doubles
-      flows_per_block x (ActNorm -> InvertibleConv1x1 (LU) -> AffineCoupling(NonCausalWaveNet | sigma))
+      flows_per_block x (ActNorm -> InvertibleConv1x1 (LU) -> AffineCoupling(CouplingWaveNet | sigma))
       every `split_every` blocks (not after the last): factor out the second half of the channels
         z_f = [h_a, h_b][..., C/2:] goes to the base distribution; h_a continues.
     the final h joins the factored-out parts.
@@ -35,11 +35,12 @@ import tensorflow_probability as tfp
 
 from vsep_tf.bijectors.actnorm import ActNormLayer
 from vsep_tf.bijectors.affine_coupling import AffineCoupling
-from vsep_tf.bijectors.coupling_net import NoiseLevelEmbedding, NonCausalWaveNet, SplitPriorNet
+from vsep_tf.bijectors.coupling_net import CouplingWaveNet, SplitPriorNet
 from vsep_tf.bijectors.invertible_conv import InvertibleConv1x1Layer
 from vsep_tf.bijectors.squeeze import Squeeze
-from vsep_tf.bijectors.tracking import get_layer_list, set_layer_list
 from vsep_tf.bijectors.walk import forward_and_log_det
+from vsep_tf.layers.tracking import get_layer_list, set_layer_list
+from vsep_tf.layers.wavenet import NoiseLevelEmbedding
 from vsep_tf.priors.base import Prior
 
 tfb = tfp.bijectors
@@ -55,7 +56,7 @@ class FlowPrior(Prior):
     num_blocks: squeeze + flows blocks; the time length must be divisible by 2^(squeeze_first + num_blocks).
     flows_per_block: K steps (ActNorm, 1x1 conv, coupling) per block.
     width, num_layers, kernel_size, dilation_cycle: the coupling WaveNets, dilations 2^(i mod dilation_cycle)
-      (dilation_cycle=0: no cycle, 1, 2, ..., 2^(num_layers - 1)).
+      (dilation_cycle=0: no cycle, 1, 2, ..., 2^(num_layers - 1); else it must divide num_layers).
     split_every: factor out half of the channels after every `split_every` blocks (never after the last).
     squeeze_first: extra squeezes (factor 2 each) before the first block; 0 = FloWaveNet's layout. Each one halves
       the time resolution every WaveNet runs at (about half the compute) and doubles the samples one WaveNet step
@@ -98,7 +99,10 @@ class FlowPrior(Prior):
       c = keep
     self.final_channels = c
 
-    self.embedding = NoiseLevelEmbedding(cfg["embed_dim"], cfg["sigma_floor"], name="sigma_embedding")
+    # f = [c] only (no Fourier features): an MLP on the normalised log(sigma + sigma_floor).
+    self.embedding = NoiseLevelEmbedding(cfg["embed_dim"], num_frequencies=0, sigma_floor=cfg["sigma_floor"],
+                                         name="sigma_embedding")
+    self.embedding.build((None,))
     actnorms, convs, coupling_nets, split_nets = [], [], [], []
     for b, p in enumerate(self._plan):
       c = p["channels"]
@@ -106,14 +110,14 @@ class FlowPrior(Prior):
         actnorms.append(ActNormLayer(c, min_std=cfg["actnorm_min_std"], name=f"b{b}_f{f}_actnorm"))
         convs.append(InvertibleConv1x1Layer(c, seed=cfg["seed"] * 100003 + b * 1009 + f,
                                             name=f"b{b}_f{f}_conv1x1"))
-        coupling_nets.append(NonCausalWaveNet(
+        coupling_nets.append(CouplingWaveNet(
             c // 2, c - c // 2, width=cfg["width"], num_layers=cfg["num_layers"], kernel_size=cfg["kernel_size"],
             dilation_cycle=cfg["dilation_cycle"], cond_dim=cfg["embed_dim"], name=f"b{b}_f{f}_wavenet"))
       if p["split"] and cfg["learned_split_prior"]:
         split_nets.append(SplitPriorNet(p["keep"], c - p["keep"], kernel_size=cfg["kernel_size"],
                                         cond_dim=cfg["embed_dim"], name=f"b{b}_split_prior"))
     # Individually tracked attributes, not list attributes: tf.train.Checkpoint must see every weight
-    # (see vsep_tf.bijectors.tracking).
+    # (see vsep_tf.layers.tracking).
     for name, layers in (("actnorm", actnorms), ("conv", convs), ("coupling_net", coupling_nets),
                          ("split_net", split_nets)):
       set_layer_list(self, name, layers)
