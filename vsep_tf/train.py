@@ -29,8 +29,7 @@ def main(argv):
   from vsep_tf.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
   logging.info("job=%s strategy=%s replicas=%d model_dir=%s", FLAGS.job, FLAGS.strategy,
                strategy.num_replicas_in_sync, FLAGS.model_dir)
-  jobs = {"priors": trainer_lib.PriorTrainer}
-  trainer = jobs[FLAGS.job](FLAGS, strategy)
+  trainer = trainer_lib.get_trainer(FLAGS.job)(FLAGS, strategy)
   metrics = trainer.train()
   print("final " + " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())), flush=True)
 

@@ -22,8 +22,10 @@ CONFIG_FILENAME = "config.flags"
 def _define_run_flags(fv: flags.FlagValues):
   # --- run ---
   flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard logs and config.flags go.", flag_values=fv)
-  flags.DEFINE_enum("job", "priors", ["priors"], "What to train: one prior per source class ('priors').",
-                    flag_values=fv)
+  flags.DEFINE_enum("job", "priors", ["priors", "variational", "supervised", "nmf"],
+                    "What to train: one prior per source class ('priors'; also the Langevin separator), the "
+                    "amortised encoder on mixes alone with frozen priors ('variational'), the same encoder on "
+                    "(mix, sources) pairs ('supervised'), per-class NMF dictionaries ('nmf').", flag_values=fv)
   flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                     "tf.distribute strategy. multi_worker reads the cluster from TF_CONFIG.", flag_values=fv)
   flags.DEFINE_integer("num_cpu_devices", 1,
@@ -63,6 +65,28 @@ def _define_run_flags(fv: flags.FlagValues):
                      flag_values=fv)
   flags.DEFINE_float("sigma_max", 1.0, "Largest training noise level.", flag_values=fv)
   flags.DEFINE_float("p_clean", 0.2, "Probability of a noiseless (sigma=0) training example.", flag_values=fv)
+  # --- Langevin separator (BASIS schedule, REFERENCES.md) ---
+  flags.DEFINE_float("langevin_sigma_max", 1.0, "Langevin: first (largest) noise level.", flag_values=fv)
+  flags.DEFINE_float("langevin_sigma_min", 0.01, "Langevin: last (smallest) noise level.", flag_values=fv)
+  flags.DEFINE_integer("langevin_levels", 10, "Langevin: number of geometric noise levels.", flag_values=fv)
+  flags.DEFINE_integer("langevin_steps_per_level", 100, "Langevin: steps at each level.", flag_values=fv)
+  flags.DEFINE_float("langevin_step_scale", 3e-5, "Langevin: eta = scale * (sigma / sigma_min)^2.", flag_values=fv)
+  # --- separators (--job=variational / supervised) ---
+  flags.DEFINE_string("prior_dir", None, "variational: the --job=priors model directory whose priors are frozen.",
+                      flag_values=fv)
+  flags.DEFINE_float("elbo_sigma_start", 0.3, "variational: prior noise level at step 0 (annealed).",
+                     flag_values=fv)
+  flags.DEFINE_float("elbo_sigma_end", 0.01, "variational: prior noise level after annealing.", flag_values=fv)
+  flags.DEFINE_float("elbo_anneal_fraction", 0.7, "variational: fraction of --train_steps spent annealing.",
+                     flag_values=fv)
+  flags.DEFINE_float("elbo_mix_sigma", 0.01, "variational: std of the Gaussian mixing likelihood p(m | s).",
+                     flag_values=fv)
+  flags.DEFINE_float("elbo_entropy_weight", 1.0, "variational: weight of the entropy H[q] (1 = the ELBO).",
+                     flag_values=fv)
+  flags.DEFINE_integer("valid_examples", 16, "Held-out ('valid' split) mixes scored (SI-SDR) at every checkpoint.",
+                       flag_values=fv)
+  flags.DEFINE_float("langevin_mix_weight", 1.0, "Langevin: lambda = weight / sigma^2 on ||f(x) - m||^2.",
+                     flag_values=fv)
 
 
 # Factory arguments that are not model hyperparameters (Keras names; seeds come from --seed).
@@ -94,7 +118,8 @@ def _define_factory_flags(fv: flags.FlagValues, family: str, factory):
 def factory_families():
   """name -> factory for every family whose hyperparameters are flags."""
   from vsep_tf import priors  # pylint: disable=import-outside-toplevel
-  return dict(priors.PRIORS)
+  from vsep_tf.separators import encoder  # pylint: disable=import-outside-toplevel
+  return {**priors.PRIORS, "encoder": encoder.build_encoder}
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS):

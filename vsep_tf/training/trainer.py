@@ -1,6 +1,7 @@
-"""The custom training loop: one prior per source class, trained together under a tf.distribute strategy.
+"""The custom training loop under a tf.distribute strategy (`Trainer`), and the prior trainer.
 
-Per step, each prior k gets a batch of solo crops of its class, noised at per-example levels sigma drawn by
+`Trainer` is the shared loop (the separator trainer in separator_trainer.py reuses it). `PriorTrainer` trains
+one prior per source class, all together: per step, each prior k gets a batch of solo crops of its class, noised at per-example levels sigma drawn by
 `priors.base.sample_sigma`; the loss is the sum over classes of the noised negative log-likelihood
 (nats/sample), averaged over the GLOBAL batch (`tf.nn.compute_average_loss`), so gradients do not grow with the
 number of replicas. `steps_per_loop` steps run inside one tf.function call.
@@ -35,11 +36,17 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     return {"peak": self.peak, "warmup_steps": self.warmup_steps}
 
 
-class PriorTrainer:
-  """Trains {source_name: Prior} on a dataset's solo crops. Build it, then call `train()`.
+class Trainer:
+  """The shared custom loop. Subclasses build their models and define one replica step; this class owns
+  the strategy plumbing, the tf.function loop of `steps_per_loop` steps, checkpoints (resume), TensorBoard
+  scalars, the progress bar and the saved config.
 
-  Everything that owns variables (priors, optimizer, step counter, checkpoint) is created inside
-  `strategy.scope()`, and the optimizer is built before the first tf.function step.
+  Hooks: `build_models()` (inside strategy.scope(); returns the dict of trackables to checkpoint and sets
+  `self.variables`), `make_dataset()`, `replica_step(batch) -> {name: scalar}` (with 'total_loss'; losses
+  averaged over the GLOBAL batch), `loss_keys`, `samples_per_step`, `on_first_batch(batch)` (data-dependent
+  init of a fresh model), `on_checkpoint(writer, step)`, `on_end(writer, step)`.
+  Everything that owns variables is created inside `strategy.scope()`, and the optimizer is built before the
+  first tf.function step.
   """
 
   def __init__(self, fv, strategy=None):
@@ -60,30 +67,50 @@ class PriorTrainer:
       raise ValueError(f"--batch_size={self.global_batch} must divide evenly over {replicas} replicas")
 
     with self.strategy.scope():
-      self.priors = builders.build_priors(fv, self.source_names)
+      trackables = self.build_models()
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
       self.optimizer = keras.optimizers.Adam(WarmupSchedule(fv.learning_rate, fv.warmup_steps))
-      self.variables = [v for p in self.priors.values() for v in p.trainable_variables]
       self.optimizer.build(self.variables)
-      self.checkpoint = tf.train.Checkpoint(priors=self.priors, optimizer=self.optimizer, step=self.step)
+      self.checkpoint = tf.train.Checkpoint(optimizer=self.optimizer, step=self.step, **trackables)
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(self.write_dir, "checkpoints"), max_to_keep=fv.max_checkpoints)
-
-    dataset = self.data.solo("train", crop_length=fv.crop_length, batch_size=self.global_batch, seed=fv.seed)
-    self.dataset = dataset
+    self.dataset = self.make_dataset()
     self._loop_fn = None
 
-  # ----------------------------------------------------------------------------------------------- steps
-  def _replica_step(self, batch):
+  # ------------------------------------------------------------------------------------------------ hooks
+  def build_models(self) -> dict:
+    raise NotImplementedError
+
+  def make_dataset(self):
+    raise NotImplementedError
+
+  def replica_step(self, batch) -> dict:
+    raise NotImplementedError
+
+  @property
+  def loss_keys(self):
+    return ("total_loss",)
+
+  @property
+  def samples_per_step(self) -> int:
+    return self.global_batch * self.fv.crop_length
+
+  def on_first_batch(self, batch):
+    del batch
+
+  def on_end(self, writer, step):
+    del writer, step
+
+  def on_checkpoint(self, writer, step):
+    del writer, step
+
+  def write_data_audio(self, writer, batch):
+    del writer, batch
+
+  def apply_gradients(self, tape, total):
+    """Gradients of the replica's `total` (already divided by the GLOBAL batch), summed over replicas,
+    clipped by the global norm, applied once."""
     fv = self.fv
-    local_batch = tf.shape(batch[self.source_names[0]])[0]
-    with tf.GradientTape() as tape:
-      losses = {}
-      for name in self.source_names:
-        sigma = prior_base.sample_sigma(local_batch, fv.sigma_min, fv.sigma_max, fv.p_clean)
-        per_example = self.priors[name].compute_losses(batch[name], sigma, training=True)["total_loss"]
-        losses[name] = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
-      total = tf.add_n(list(losses.values()))
     grads = tape.gradient(total, self.variables)
     # Clip by the norm of the GLOBAL gradient: sum over replicas first. The Keras optimizer all-reduces
     # (sums) again, so hand it the mean; the applied update is the clipped global-batch gradient.
@@ -93,19 +120,17 @@ class PriorTrainer:
       grads, _ = tf.clip_by_global_norm(grads, fv.grad_clip_norm)
     scale = 1.0 / ctx.num_replicas_in_sync
     self.optimizer.apply_gradients([(g * scale, v) for g, v in zip(grads, self.variables)])
-    losses["total_loss"] = total
-    return losses
 
   def _build_loop(self):
     strategy = self.strategy
 
-    keys = (*self.source_names, "total_loss")
+    keys = tuple(self.loss_keys)
 
     @tf.function
     def loop(iterator, num_steps):
       sums = tf.zeros([len(keys)])
       for _ in tf.range(num_steps):
-        per_replica = strategy.run(self._replica_step, args=(next(iterator),))
+        per_replica = strategy.run(self.replica_step, args=(next(iterator),))
         sums += tf.stack([strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[k], axis=None) for k in keys])
         self.step.assign_add(1)
       means = sums / tf.cast(num_steps, tf.float32)
@@ -115,16 +140,12 @@ class PriorTrainer:
 
   # ----------------------------------------------------------------------------------------------- train
   def initialize_or_restore(self, first_batch):
-    """Restores the latest checkpoint, or runs the priors' data-dependent init on the first batch."""
+    """Restores the latest checkpoint, or runs the data-dependent init (`on_first_batch`) of a fresh run."""
     restored = self.manager.restore_or_initialize()
     if restored:
       logging.info("restored %s at step %d", restored, int(self.step.numpy()))
       return True
-    with self.strategy.scope():
-      for name, prior in self.priors.items():
-        if hasattr(prior, "initialize"):
-          sigma = prior_base.sample_sigma(self.global_batch, self.fv.sigma_min, self.fv.sigma_max, self.fv.p_clean)
-          prior.initialize(first_batch[name], sigma)
+    self.on_first_batch(first_batch)
     return False
 
   def train(self, num_steps=None):
@@ -139,11 +160,11 @@ class PriorTrainer:
     iterator = iter(dist_dataset)
     self._loop_fn = self._loop_fn or self._build_loop()
     writer = tf.summary.create_file_writer(os.path.join(self.write_dir, "train"))
-    progbar = keras.utils.Progbar(target, stateful_metrics=["steps/s", "ksamples/s", *self.source_names],
+    progbar = keras.utils.Progbar(target, stateful_metrics=["steps/s", "ksamples/s", *self.loss_keys],
                                   verbose=1 if self.is_chief else 0, unit_name="step")
     step = int(self.step.numpy())
     if step == 0 and self.is_chief:
-      self._write_data_audio(writer, first_batch)
+      self.write_data_audio(writer, first_batch)
     metrics = {}
     while step < target:
       n = min(fv.steps_per_loop, target - step, fv.checkpoint_every - step % fv.checkpoint_every)
@@ -153,9 +174,7 @@ class PriorTrainer:
       step = int(self.step.numpy())
       if not np.isfinite(metrics["total_loss"]):
         raise FloatingPointError(f"non-finite loss at step {step}: {metrics}")
-      # audio samples through all priors per second (crops x crop length x classes)
-      rates = {"steps/s": n / dt,
-               "ksamples/s": n * self.global_batch * fv.crop_length * len(self.source_names) / dt / 1e3}
+      rates = {"steps/s": n / dt, "ksamples/s": n * self.samples_per_step / dt / 1e3}
       progbar.update(step, [(k, v) for k, v in {**metrics, **rates}.items() if k != "total_loss"]
                      + [("loss", metrics["total_loss"])])
       with writer.as_default(step=step):
@@ -164,12 +183,61 @@ class PriorTrainer:
         tf.summary.scalar("learning_rate", self.optimizer.learning_rate)
       if step % fv.checkpoint_every == 0 or step >= target:
         self.manager.save(checkpoint_number=step)
+        if self.is_chief:
+          self.on_checkpoint(writer, step)
     if self.is_chief and metrics:
-      self._write_sample_audio(writer, step)
+      self.on_end(writer, step)
     writer.flush()
     return metrics
 
-  def _write_data_audio(self, writer, batch):
+
+class PriorTrainer(Trainer):
+  """Trains {source_name: Prior} on a dataset's solo crops. Build it, then call `train()`."""
+
+  def build_models(self):
+    self.priors = builders.build_priors(self.fv, self.source_names)
+    self.variables = [v for p in self.priors.values() for v in p.trainable_variables]
+    return {"priors": self.priors}
+
+  def make_dataset(self):
+    fv = self.fv
+    return self.data.solo("train", crop_length=fv.crop_length, batch_size=self.global_batch, seed=fv.seed)
+
+  @property
+  def loss_keys(self):
+    return (*self.source_names, "total_loss")
+
+  @property
+  def samples_per_step(self):
+    return self.global_batch * self.fv.crop_length * len(self.source_names)
+
+  # ----------------------------------------------------------------------------------------------- steps
+  def replica_step(self, batch):
+    fv = self.fv
+    local_batch = tf.shape(batch[self.source_names[0]])[0]
+    with tf.GradientTape() as tape:
+      losses = {}
+      for name in self.source_names:
+        sigma = prior_base.sample_sigma(local_batch, fv.sigma_min, fv.sigma_max, fv.p_clean)
+        per_example = self.priors[name].compute_losses(batch[name], sigma, training=True)["total_loss"]
+        losses[name] = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+      total = tf.add_n(list(losses.values()))
+    self.apply_gradients(tape, total)
+    losses["total_loss"] = total
+    return losses
+
+  def on_first_batch(self, batch):
+    """The flows' data-dependent ActNorm init on the first batch (fresh runs only)."""
+    with self.strategy.scope():
+      for name, prior in self.priors.items():
+        if hasattr(prior, "initialize"):
+          sigma = prior_base.sample_sigma(self.global_batch, self.fv.sigma_min, self.fv.sigma_max, self.fv.p_clean)
+          prior.initialize(batch[name], sigma)
+
+  def on_end(self, writer, step):
+    self._write_sample_audio(writer, step)
+
+  def write_data_audio(self, writer, batch):
     seconds = self.fv.audio_summary_seconds
     if seconds <= 0:
       return
@@ -193,3 +261,16 @@ class PriorTrainer:
           x = x[0] if isinstance(x, (tuple, list)) else x
           tf.summary.audio(f"samples/{name}", tf.clip_by_value(x, -1.0, 1.0)[..., None], self.data.sample_rate,
                            max_outputs=1)
+
+
+def get_trainer(job: str):
+  """The trainer class of a --job (imported lazily: each job pulls in only what it needs)."""
+  if job == "priors":
+    return PriorTrainer
+  if job in ("variational", "supervised"):
+    from vsep_tf.training.separator_trainer import SeparatorTrainer  # pylint: disable=import-outside-toplevel
+    return SeparatorTrainer
+  if job == "nmf":
+    from vsep_tf.separators.nmf import NMFTrainer  # pylint: disable=import-outside-toplevel
+    return NMFTrainer
+  raise ValueError(f"unknown --job={job!r}")

@@ -1,0 +1,177 @@
+"""Separators: mixture consistency, Langevin against a closed-form posterior, the encoder and its trainers."""
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vsep_tf.priors.base import Prior
+from vsep_tf.separators import consistency_projection, load_separator
+from vsep_tf.separators import encoder as encoder_lib
+from vsep_tf.separators.langevin import LangevinSeparator
+from vsep_tf.training import config as config_lib
+from vsep_tf.training import separator_trainer, trainer as trainer_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class WhiteGaussianPrior(Prior):
+  """s ~ N(0, std^2 I): p_sigma = N(0, (std^2 + sigma^2) I), closed form."""
+
+  def __init__(self, std, **kwargs):
+    super().__init__(**kwargs)
+    self.std = float(std)
+
+  def log_prob(self, x, sigma, training=False):
+    var = self.std ** 2 + tf.cast(sigma, tf.float32)[:, None] ** 2
+    return tf.reduce_sum(-0.5 * tf.square(x) / var - 0.5 * tf.math.log(2 * math.pi * var), axis=1)
+
+
+@pytest.mark.parametrize("mix", ["sum", "mean"])
+def test_consistency_projection_makes_estimates_add_up(mix):
+  rng = np.random.default_rng(0)
+  est = rng.normal(size=[3, 4, 100]).astype(np.float32)
+  m = rng.normal(size=[3, 100]).astype(np.float32)
+  out = consistency_projection(est, m, mix).numpy()
+  f = out.sum(1) if mix == "sum" else out.mean(1)
+  np.testing.assert_allclose(f, m, atol=1e-5)
+  # the correction is the same for every source
+  np.testing.assert_allclose(np.diff(out - est, axis=1), 0.0, atol=1e-5)
+
+
+def test_langevin_samples_the_gaussian_posterior():
+  """Two white Gaussian sources, m = s1 + s2. At the last level sigma the chain targets
+  p_sigma(x1) p_sigma(x2) N(m; x1 + x2, L), L = sigma^2 c / 2 (c = 2 for a sum of two), whose marginal for x1
+  is N(g m, v): g = A / (A + B + L), v = A (B + L) / (A + B + L), A = a^2 + sigma^2, B = b^2 + sigma^2."""
+  a, b, sigma_min = 1.0, 0.5, 0.1
+  priors = {"loud": WhiteGaussianPrior(a), "quiet": WhiteGaussianPrior(b)}
+  sep = LangevinSeparator(priors, sample_rate=8000, mix="sum", sigma_max=1.0, sigma_min=sigma_min, num_levels=4,
+                          steps_per_level=150, step_scale=0.003, final_denoise=False, jit_compile=False)
+  rng = np.random.default_rng(1)
+  s = np.stack([a * rng.normal(size=[2, 4000]), b * rng.normal(size=[2, 4000])], axis=1).astype(np.float32)
+  m = s.sum(1)
+  est = sep.separate(m).numpy()
+  assert est.shape == (2, 2, 4000)
+  np.testing.assert_allclose(est.sum(1), m, atol=1e-4)  # mixture consistency
+  big_a, big_b, lik = a ** 2 + sigma_min ** 2, b ** 2 + sigma_min ** 2, sigma_min ** 2
+  gain = big_a / (big_a + big_b + lik)
+  post_var = big_a * (big_b + lik) / (big_a + big_b + lik)
+  fitted_gain = float(np.sum(est[:, 0] * m) / np.sum(m * m))
+  assert abs(fitted_gain - gain) < 0.03, (fitted_gain, gain)
+  resid_var = float(np.var(est[:, 0] - gain * m))
+  assert 0.75 * post_var < resid_var < 1.25 * post_var, (resid_var, post_var)
+
+
+def test_langevin_mixing_term_is_stable_for_a_sum_of_many_sources():
+  """BASIS step sizes on a SUM of 4 sources: the residual must shrink, not blow up."""
+  priors = {f"s{k}": WhiteGaussianPrior(0.5) for k in range(4)}
+  sep = LangevinSeparator(priors, sample_rate=8000, mix="sum", num_levels=10, steps_per_level=5,
+                          final_denoise=False, jit_compile=False)
+  m = tf.random.normal([1, 2000])
+  est = sep.separate(m).numpy()
+  assert np.all(np.isfinite(est)) and np.abs(est).max() < 20
+
+
+def test_encoder_outputs_are_consistent_and_local():
+  enc = encoder_lib.build_encoder(3, "mean", num_blocks=1, num_layers=3, residual_channels=8, skip_channels=8)
+  m = tf.random.normal([2, 500])
+  mean, log_std = enc(m)
+  assert mean.shape == (2, 3, 500) and log_std.shape == (2, 3, 500)
+  np.testing.assert_allclose(tf.reduce_mean(mean, 1).numpy(), m.numpy(), atol=1e-5)
+  assert enc.receptive_field == 2 * (1 + 2 + 4) + 1
+  # non-causal and local: changing sample 250 moves outputs within the receptive field only
+  m2 = tf.tensor_scatter_nd_update(m, [[0, 250]], [5.0])
+  diff = np.abs(enc(m2)[0].numpy() - mean.numpy())[0].max(0)
+  half = enc.receptive_field // 2
+  assert diff[250 - half:250 + half + 1].max() > 0
+  assert diff[:250 - half].max() == 0 and diff[250 + half + 1:].max() == 0
+
+
+def test_elbo_gradients_reach_the_encoder_only():
+  enc = encoder_lib.build_encoder(2, "sum", num_blocks=1, num_layers=2, residual_channels=4, skip_channels=4)
+  priors = [WhiteGaussianPrior(1.0), WhiteGaussianPrior(0.5)]
+  m = tf.random.normal([2, 64])
+  with tf.GradientTape() as tape:
+    losses = encoder_lib.elbo_losses(enc, priors, m, 0.1, mix_sigma=0.05)
+    total = tf.reduce_mean(losses["total_loss"])
+  grads = tape.gradient(total, enc.trainable_variables)
+  assert all(g is not None for g in grads) and any(float(tf.norm(g)) > 0 for g in grads)
+  for k in ("prior_nll", "mix_nll", "neg_entropy"):
+    assert losses[k].shape == (2,)
+  np.testing.assert_allclose(losses["total_loss"], losses["prior_nll"] + losses["mix_nll"] + losses["neg_entropy"],
+                             rtol=1e-5)
+
+
+def test_annealed_sigma_is_geometric_then_held():
+  s = [float(encoder_lib.annealed_sigma(t, 10, 1.0, 0.01)) for t in (0, 5, 10, 20)]
+  np.testing.assert_allclose(s, [1.0, 0.1, 0.01, 0.01], rtol=1e-5)
+
+
+def _fv(*args):
+  fv = config_lib.define_flags(__import__("absl.flags").flags.FlagValues())
+  fv(["test", f"--flagfile={os.path.join(REPO, 'configs/data/toy.flags')}", *args])
+  return fv
+
+
+TINY_PRIOR = ["--wavenet.num_blocks=1", "--wavenet.num_layers=3", "--wavenet.residual_channels=4",
+              "--wavenet.skip_channels=4", "--wavenet.cond_channels=4", "--wavenet.num_mixtures=2"]
+TINY_ENCODER = ["--encoder.num_blocks=1", "--encoder.num_layers=4", "--encoder.residual_channels=8",
+                "--encoder.skip_channels=8"]
+RUN = ["--crop_length=512", "--batch_size=4", "--steps_per_loop=5", "--warmup_steps=1",
+       "--audio_summary_seconds=0", "--valid_examples=4"]
+
+
+@pytest.fixture(scope="module")
+def tiny_prior_dir(tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp("priors"))
+  fv = _fv(*TINY_PRIOR, *RUN, f"--model_dir={model_dir}", "--train_steps=5", "--checkpoint_every=5")
+  trainer_lib.PriorTrainer(fv).train()
+  return model_dir
+
+
+def test_supervised_trainer_learns_and_loads(tmp_path):
+  model_dir = str(tmp_path / "sup")
+  fv = _fv("--job=supervised", *TINY_ENCODER, *RUN, f"--model_dir={model_dir}", "--train_steps=200",
+           "--checkpoint_every=200", "--learning_rate=1e-2")
+  trainer = trainer_lib.get_trainer("supervised")(fv)
+  before = np.mean(list(trainer.validate().values()))
+  metrics = trainer.train()
+  after = np.mean(list(trainer.validate().values()))
+  assert np.isfinite(metrics["total_loss"])
+  assert after > before + 1.0, (before, after)  # SI-SDR on held-out mixes improves
+  sep = load_separator(model_dir)
+  assert sep.method == "supervised" and sep.source_names == ("sine", "square", "sawtooth", "triangle")
+  m = tf.random.normal([2, 700])
+  np.testing.assert_allclose(sep.separate(m).numpy(), trainer.encoder(m)[0].numpy(), atol=1e-5)
+
+
+def test_variational_trainer_sees_mixes_only(tiny_prior_dir, tmp_path):
+  model_dir = str(tmp_path / "var")
+  fv = _fv("--job=variational", f"--prior_dir={tiny_prior_dir}", *TINY_ENCODER, *RUN,
+           f"--model_dir={model_dir}", "--train_steps=10", "--checkpoint_every=10")
+  trainer = separator_trainer.SeparatorTrainer(fv)
+  batch = next(iter(trainer.dataset))
+  assert set(batch) == {"mix"}  # the ground truth never reaches the step
+  assert not any(v.trainable for p in trainer.priors for v in p.variables)
+  frozen = [v.numpy().copy() for p in trainer.priors for v in p.variables]
+  metrics = trainer.train()
+  assert all(np.isfinite(v) for v in metrics.values())
+  for before, v in zip(frozen, [v for p in trainer.priors for v in p.variables]):
+    np.testing.assert_array_equal(before, v.numpy())
+  assert load_separator(model_dir).method == "variational"
+
+
+def test_variational_needs_prior_dir(tmp_path):
+  fv = _fv("--job=variational", *TINY_ENCODER, *RUN, f"--model_dir={tmp_path}")
+  with pytest.raises(ValueError, match="--prior_dir"):
+    separator_trainer.SeparatorTrainer(fv)
+
+
+def test_langevin_from_prior_dir(tiny_prior_dir):
+  sep = load_separator(tiny_prior_dir, ["--langevin_levels=2", "--langevin_steps_per_level=2"])
+  assert isinstance(sep, LangevinSeparator) and sep.mix == "mean"
+  m = tf.random.normal([1, 300]) * 0.5
+  est = sep.separate(m).numpy()
+  assert est.shape == (1, 4, 300) and np.all(np.isfinite(est))
+  np.testing.assert_allclose(est.mean(1), m.numpy(), atol=1e-5)

@@ -1,0 +1,99 @@
+"""Trains the amortised separator (vsep_tf.separators.encoder) with the shared loop of trainer.Trainer.
+
+--job=variational: mixes ALONE (the dataset's sources are dropped before the data reaches the step), the
+  priors of --prior_dir frozen, loss = -ELBO / T with the prior noise level annealed geometrically from
+  --elbo_sigma_start to --elbo_sigma_end over --elbo_anneal_fraction of the run.
+--job=supervised: (mix, sources) pairs, loss = -SI-SDR: the reference the unsupervised separator chases.
+
+At every checkpoint the encoder means are scored (SI-SDR per source) on --valid_examples mixes of the
+'valid' split: monitoring only, never a training signal.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from vsep_tf import signal as signal_lib
+from vsep_tf.separators import encoder as encoder_lib
+from vsep_tf.training import builders
+from vsep_tf.training import config as config_lib
+from vsep_tf.training.trainer import Trainer
+
+
+class SeparatorTrainer(Trainer):
+  """--job=variational or --job=supervised. See the module docstring."""
+
+  def build_models(self):
+    fv = self.fv
+    self.variational = fv.job == "variational"
+    self.encoder = encoder_lib.build_encoder(len(self.source_names), self.data.mix,
+                                             **config_lib.factory_kwargs(fv, "encoder"))
+    self.variables = list(self.encoder.trainable_variables)
+    self.priors = None
+    if self.variational:
+      if not fv.prior_dir:
+        raise ValueError("--job=variational needs --prior_dir (a model directory trained with --job=priors)")
+      priors, prior_fv = builders.restore_priors(fv.prior_dir)
+      if tuple(priors) != self.source_names:
+        raise ValueError(f"priors in {fv.prior_dir} are for {tuple(priors)}, the data has {self.source_names}")
+      if prior_fv.dataset != fv.dataset:
+        logging.warning("priors trained on --dataset=%s, separator on --dataset=%s", prior_fv.dataset, fv.dataset)
+      for prior in priors.values():
+        prior.trainable = False
+      self.priors = [priors[name] for name in self.source_names]
+    return {"encoder": self.encoder}
+
+  def make_dataset(self):
+    fv = self.fv
+    ds = self.data.mixtures("train", length=fv.crop_length, batch_size=self.global_batch, seed=fv.seed)
+    if self.variational:  # unsupervised: the ground truth never reaches the training step
+      ds = ds.map(lambda b: {"mix": b["mix"]})
+    return ds
+
+  @property
+  def loss_keys(self):
+    if self.variational:
+      return ("prior_nll", "mix_nll", "neg_entropy", "sigma_prior", "total_loss")
+    return ("si_sdr", "total_loss")
+
+  def sigma_prior(self):
+    fv = self.fv
+    return encoder_lib.annealed_sigma(self.step, int(fv.elbo_anneal_fraction * fv.train_steps),
+                                      fv.elbo_sigma_start, fv.elbo_sigma_end)
+
+  def replica_step(self, batch):
+    fv = self.fv
+    with tf.GradientTape() as tape:
+      if self.variational:
+        sigma = self.sigma_prior()
+        per_example = encoder_lib.elbo_losses(self.encoder, self.priors, batch["mix"], sigma,
+                                              fv.elbo_mix_sigma, fv.elbo_entropy_weight)
+      else:
+        per_example = encoder_lib.supervised_losses(self.encoder, batch["mix"], batch["sources"])
+      losses = {k: tf.nn.compute_average_loss(v, global_batch_size=self.global_batch)
+                for k, v in per_example.items()}
+    self.apply_gradients(tape, losses["total_loss"])
+    if self.variational:  # reported as a mean over replicas after the SUM reduction
+      losses["sigma_prior"] = sigma / self.strategy.num_replicas_in_sync
+    return losses
+
+  def validate(self):
+    """Median SI-SDR (dB) per source of the encoder means on 'valid' mixes: {name: dB}."""
+    fv = self.fv
+    n = fv.valid_examples
+    if n <= 0:
+      return {}
+    ds = self.data.mixtures("valid", length=fv.crop_length, batch_size=n, seed=fv.seed + 1)
+    batch = next(iter(ds))
+    mean, _ = self.encoder(batch["mix"])
+    sdr = signal_lib.si_sdr(batch["sources"], mean).numpy()  # [n, N]
+    return {name: float(np.median(sdr[:, k])) for k, name in enumerate(self.source_names)}
+
+  def on_checkpoint(self, writer, step):
+    scores = self.validate()
+    if scores:
+      with writer.as_default(step=step):
+        for name, value in scores.items():
+          tf.summary.scalar(f"valid_si_sdr/{name}", value)
+      logging.info("step %d valid SI-SDR %s", step, " ".join(f"{k}={v:.2f}" for k, v in scores.items()))
