@@ -118,8 +118,8 @@ def _define_factory_flags(fv: flags.FlagValues, family: str, factory):
 def factory_families():
   """name -> factory for every family whose hyperparameters are flags."""
   from vsep_tf import priors  # pylint: disable=import-outside-toplevel
-  from vsep_tf.separators import encoder  # pylint: disable=import-outside-toplevel
-  return {**priors.PRIORS, "encoder": encoder.build_encoder}
+  from vsep_tf.separators import encoder, nmf  # pylint: disable=import-outside-toplevel
+  return {**priors.PRIORS, "encoder": encoder.build_encoder, "nmf": nmf.nmf_hyperparameters}
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS):

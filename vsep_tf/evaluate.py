@@ -1,0 +1,559 @@
+r"""Evaluate a separator (or a baseline) on a dataset: BSSEval v4 (museval) + SI-SDR, as one JSON.
+
+  python -m vsep_tf.evaluate --model_dir=runs/toy_var --dataset=toy --toy_seed=1234 --num_examples=40 \
+      --output_json=runs/toy_var/eval_toy.json
+  python -m vsep_tf.evaluate --model_dir=runs/chorales_nmf --dataset=stems --data_root=../shared/data/chorales \
+      --split=test --output_json=runs/chorales_nmf/eval_test.json
+  python -m vsep_tf.evaluate --method=oracle_irm --dataset=toy --output_json=/tmp/irm.json     # no model
+  python -m vsep_tf.evaluate --method=mixture --dataset=musdb --musdb_root=/data/musdb18hq --output_json=m.json
+
+What is scored (see vsep_tf.evaluation.bsseval): per track and source, museval v4 SDR / SIR / SAR / ISR on 1 s
+windows (median over frames, silent frames left out) and whole-track SI-SDR / SI-SDRi; then the median over
+tracks per source, and 'overall' = the median over sources ('overall_mean': the mean over sources).
+
+Methods: a trained model (--model_dir, rebuilt by vsep_tf.separators.load_separator), or a baseline that
+needs no model (--method): 'oracle_irm' (ideal ratio mask from the TRUE sources, STFT --oracle_fft; an upper
+bound for masking methods) and 'mixture' (the mixture as every estimate, as m_sum / N so that the estimates
+add up to the mix: the floor; SDR about +1.2 dB for 4 equal-power sources, see separators/oracle.py).
+
+Data: --dataset=toy (items 0..K-1 of the 'test' split of ToyData(seed=--toy_seed), 48,000 samples each,
+batched through separate()), --dataset=stems --data_root=DIR, --dataset=musdb --musdb_root=DIR (whole tracks
+through separate_long(), i.e. chunked overlap-add). Scoring happens at the DATA's sample rate: a model at
+another rate gets the mixture resampled to its rate and its estimates resampled back (logged, and
+'resampled': true in the JSON). A model whose mixing function differs from the data's gets the mixture
+rescaled to its convention (sum vs mean: a factor N), so that its estimates are on the sources' scale.
+
+Separation runs in this process; the museval part (1 to 3 s per 4-source track here, mostly the fixed cost of
+solving for the 512-tap distortion filters) runs in a pool of --num_workers spawned processes with one BLAS
+thread each, overlapped with the separation of the next tracks. SI-SDR is computed here.
+
+Output: --output_json (written atomically; nothing is written when the inputs are bad), one JSON per track in
+--per_track_dir (default: <output_json without .json>.tracks/, with the framewise BSSEval values), and the
+estimates as WAV files in --write_audio_dir if given. A table is printed at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from absl import app, flags, logging
+import numpy as np
+
+from vsep_tf.evaluation import bsseval
+
+# TensorFlow and everything that imports it are imported inside functions: the spawned scoring workers
+# import this module (as __mp_main__) and should not pay for TensorFlow.
+
+BASELINES = ("oracle_irm", "mixture")
+DATASETS = ("toy", "stems", "musdb")
+DEFAULT_TOY_EXAMPLES = 40
+TOY_ORACLE_FFT = 4096    # low toy fundamentals (26 Hz) need long windows (REFERENCES.md: +7 to +15 dB vs 1024)
+ORACLE_WINDOW_SECONDS = 0.064  # other data: the power of two >= 64 ms (16 kHz: 1024, 22.05 kHz: 2048, 44.1: 4096)
+
+
+@dataclasses.dataclass
+class EvalOptions:
+  """What to evaluate on and how (the data flags of the tool)."""
+  dataset: str = "toy"
+  split: str = "test"
+  toy_seed: int = 1234
+  data_root: Optional[str] = None
+  musdb_root: Optional[str] = None
+  musdb_is_wav: bool = True
+  sample_rate: int = 0           # 0: the data's own rate
+  mix: str = ""                  # '': the dataset's default mixing function
+  num_examples: int = 0          # 0: toy 40 items, otherwise every track of the split
+  max_seconds: float = 0.0       # crop every track to its first max_seconds (0: whole)
+  batch_size: int = 8
+  num_workers: int = 2           # scoring processes (0: score in this process)
+  oracle_fft: int = 0            # 0: 4096 for toy, else the power of two >= 64 ms
+  oracle_hop: int = 0            # 0: oracle_fft // 4
+  oracle_power: float = 2.0
+  win_seconds: float = 1.0
+  hop_seconds: float = 1.0
+
+  def validate(self):
+    if self.dataset not in DATASETS:
+      raise ValueError(f"unknown dataset {self.dataset!r}; choose from {DATASETS}")
+    if self.dataset == "stems" and not self.data_root:
+      raise ValueError("--dataset=stems needs --data_root (a folder {train,test}/<track>/<source>.wav|flac)")
+    if self.dataset == "stems" and not os.path.isdir(self.data_root):
+      raise FileNotFoundError(f"--data_root={self.data_root} is not a directory")
+    if self.dataset == "musdb" and not self.musdb_root:
+      raise ValueError("--dataset=musdb needs --musdb_root (MUSDB18 or MUSDB18-HQ; it cannot be downloaded here)")
+    if self.dataset == "musdb" and not os.path.isdir(self.musdb_root):
+      raise FileNotFoundError(f"--musdb_root={self.musdb_root} is not a directory")
+    for name in ("num_examples", "batch_size", "num_workers", "oracle_fft", "oracle_hop", "sample_rate"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+    if self.batch_size == 0:
+      raise ValueError("--batch_size must be positive")
+    if self.max_seconds < 0 or self.win_seconds <= 0 or self.hop_seconds <= 0 or self.oracle_power <= 0:
+      raise ValueError("--max_seconds must be >= 0; window, hop and oracle power must be positive")
+    return self
+
+  @property
+  def limit(self) -> Optional[int]:
+    if self.num_examples:
+      return self.num_examples
+    return DEFAULT_TOY_EXAMPLES if self.dataset == "toy" else None
+
+  def resolved_oracle_fft(self, sample_rate: int) -> int:
+    """--oracle_fft, or its default: 4096 for toy; else the power of two >= 64 ms at `sample_rate` (16 kHz:
+    1024, the STFT of the chorales figures in REFERENCES.md, where the IRM reaches 9.1 dB mean SDR)."""
+    if self.oracle_fft:
+      return self.oracle_fft
+    if self.dataset == "toy":
+      return TOY_ORACLE_FFT
+    return 2 ** int(math.ceil(math.log2(ORACLE_WINDOW_SECONDS * sample_rate - 1e-9)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data and separators
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build_dataset(opts: EvalOptions):
+  """The evaluation dataset (no augmentation, data at its own rate unless --sample_rate)."""
+  from vsep_tf import data as data_lib  # pylint: disable=import-outside-toplevel
+  kwargs = {}
+  if opts.dataset == "toy":
+    kwargs = dict(seed=opts.toy_seed)
+  elif opts.dataset == "stems":
+    kwargs = dict(root=opts.data_root)
+  elif opts.dataset == "musdb":
+    kwargs = dict(root=opts.musdb_root, is_wav=opts.musdb_is_wav)
+  if opts.sample_rate:
+    kwargs["sample_rate"] = opts.sample_rate
+  if opts.mix:
+    kwargs["mix"] = opts.mix
+  return data_lib.build_dataset(opts.dataset, **kwargs)
+
+
+def num_tracks(dataset, opts: EvalOptions) -> Optional[int]:
+  """How many tracks the evaluation will see (None if unknown)."""
+  if opts.dataset == "toy":
+    return min(opts.limit, dataset.num_items[opts.split])
+  n = len(dataset.track_list(opts.split))  # raises a clear ValueError for a missing split
+  return min(n, opts.limit) if opts.limit else n
+
+
+def iter_tracks(dataset, opts: EvalOptions) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
+  """(name, mix [T], sources [N, T]) of the split, at most opts.limit, cropped to max_seconds."""
+  from vsep_tf.data import base  # pylint: disable=import-outside-toplevel
+  base.check_split(opts.split)
+  if opts.dataset == "toy":
+    tracks = dataset.tracks(opts.split, limit=opts.limit)
+  else:
+    tracks = dataset.tracks(opts.split)
+  crop = int(round(opts.max_seconds * dataset.sample_rate)) if opts.max_seconds else None
+  for i, (name, mix, sources) in enumerate(tracks):
+    if opts.limit and i >= opts.limit:
+      return
+    mix, sources = np.asarray(mix, np.float32), np.asarray(sources, np.float32)
+    if mix.ndim != 1:
+      raise ValueError(f"track {name}: multichannel audio {mix.shape}; the evaluation is mono")
+    if crop:
+      mix, sources = mix[:crop], sources[:, :crop]
+    yield name, mix, sources
+
+
+def make_separator(method: Optional[str], model_dir: Optional[str], dataset, opts: EvalOptions):
+  """The separator under test: load_separator(model_dir), or a baseline built for `dataset`."""
+  from vsep_tf.separators import oracle  # pylint: disable=import-outside-toplevel
+  if model_dir:
+    from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
+    return load_separator(model_dir)
+  if method == "oracle_irm":
+    return oracle.OracleIRM(dataset.source_names, dataset.sample_rate, dataset.mix,
+                            n_fft=opts.resolved_oracle_fft(dataset.sample_rate), hop=opts.oracle_hop,
+                            power=opts.oracle_power)
+  if method == "mixture":
+    return oracle.MixtureBaseline(dataset.source_names, dataset.sample_rate, dataset.mix)
+  raise ValueError(f"unknown method {method!r}; pass --model_dir or --method from {BASELINES}")
+
+
+def check_model_dir(model_dir: str):
+  if not os.path.isdir(model_dir):
+    raise FileNotFoundError(f"--model_dir={model_dir} does not exist")
+  if not os.path.exists(os.path.join(model_dir, "config.flags")):
+    raise FileNotFoundError(f"--model_dir={model_dir} is not a vsep-tf model directory (no config.flags)")
+
+
+class _Adapter:
+  """Runs a separator on data of possibly another rate / mixing convention; source order = the data's."""
+
+  def __init__(self, separator, dataset, batch_size: int):
+    self.sep = separator
+    self.data_rate = int(dataset.sample_rate)
+    self.model_rate = int(separator.sample_rate)
+    self.resampled = self.model_rate != self.data_rate
+    self.batch_size = batch_size
+    names = list(dataset.source_names)
+    if sorted(separator.source_names) != sorted(names):
+      raise ValueError(f"the separator's sources {list(separator.source_names)} are not the data's {names}")
+    self.order = [list(separator.source_names).index(n) for n in names]
+    n = len(names)
+    self.gain = 1.0
+    if separator.mix != dataset.mix:
+      self.gain = (1.0 / n) if (dataset.mix == "sum" and separator.mix == "mean") else float(n)
+      logging.warning("the data mixes by %s, the model by %s: mixtures are scaled by %g before separation",
+                      dataset.mix, separator.mix, self.gain)
+    if self.resampled:
+      logging.warning("the model runs at %d Hz, the data at %d Hz: mixtures are resampled to %d Hz and the "
+                      "estimates back to %d Hz for scoring (vsep_tf.audio.resample)", self.model_rate,
+                      self.data_rate, self.model_rate, self.data_rate)
+
+  def _to_model(self, x):
+    from vsep_tf import audio  # pylint: disable=import-outside-toplevel
+    x = np.asarray(x, np.float32) * np.float32(self.gain)
+    if not self.resampled:
+      return x
+    return audio.resample(x.T, self.data_rate, self.model_rate).T  # time first for resample
+
+  def _to_data(self, est, length):
+    from vsep_tf import audio  # pylint: disable=import-outside-toplevel
+    est = np.asarray(est, np.float32)[..., self.order, :]
+    if not self.resampled:
+      return est
+    flat = est.reshape(-1, est.shape[-1])
+    back = audio.resample(flat.T, self.model_rate, self.data_rate).T
+    out = np.zeros(flat.shape[:-1] + (length,), np.float32)
+    out[:, :min(length, back.shape[-1])] = back[:, :length]
+    return out.reshape(est.shape[:-1] + (length,))
+
+  def batch(self, mixes, sources):
+    """mixes [B, T], sources [B, N, T] (data order) -> estimates [B, N, T] (data order, data rate)."""
+    from vsep_tf.separators import oracle  # pylint: disable=import-outside-toplevel
+    length = mixes.shape[-1]
+    if isinstance(self.sep, oracle.OracleIRM):
+      return self.sep.separate_oracle(mixes, sources)
+    return self._to_data(self.sep.separate(self._to_model(mixes)), length)
+
+  def long(self, mix, sources):
+    """mix [T], sources [N, T] -> estimates [N, T]."""
+    from vsep_tf.separators import oracle  # pylint: disable=import-outside-toplevel
+    if isinstance(self.sep, oracle.OracleIRM):
+      return self.sep.separate_oracle_long(mix, sources)
+    return self._to_data(self.sep.separate_long(self._to_model(mix), batch_size=self.batch_size), mix.shape[-1])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The evaluation loop
+# ---------------------------------------------------------------------------------------------------------
+
+
+# BLAS threads per scoring worker. museval's filter solves are small dense problems: one OpenBLAS thread per
+# process runs them about 3x faster than OpenBLAS's default threading on this 2-core machine (measured: 1.0 s
+# vs 3.0 s per toy item), and several workers then use the cores without oversubscribing them.
+_WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _scoring_pool(num_workers: int):
+  """A spawn-context Pool whose workers start with single-threaded BLAS (unless the user set these)."""
+  saved = {k: os.environ.get(k) for k in _WORKER_ENV}
+  try:
+    for k, v in _WORKER_ENV.items():
+      os.environ.setdefault(k, v)
+    return multiprocessing.get_context("spawn").Pool(num_workers)
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
+class _Inline:
+  """A stand-in for multiprocessing's AsyncResult when scoring in this process."""
+
+  def __init__(self, value):
+    self.value = value
+
+  def get(self):
+    return self.value
+
+
+def _track_name_safe(name: str) -> str:
+  return "".join(c if (c.isalnum() or c in "-_.") else "_" for c in name) or "track"
+
+
+def evaluate(opts: EvalOptions, method: Optional[str] = None, model_dir: Optional[str] = None, separator=None,
+             per_track_dir: Optional[str] = None, write_audio_dir: Optional[str] = None,
+             verbose: int = 1) -> Dict:
+  """Scores one separator on the dataset of `opts`. Returns the result dict (the JSON of the tool).
+
+  Exactly one of `model_dir` (a trained model), `method` (a baseline: 'oracle_irm', 'mixture') or
+  `separator` (any vsep_tf.separators.Separator) says what to evaluate.
+  """
+  t_start = time.perf_counter()
+  opts.validate()
+  if sum(x is not None and x != "" for x in (method, model_dir, separator)) != 1:
+    raise ValueError("evaluate exactly one of: --model_dir, --method (oracle_irm|mixture), a separator")
+  if method is not None and method not in BASELINES:
+    raise ValueError(f"unknown --method={method!r}; baselines are {BASELINES} (models: --model_dir)")
+  if model_dir:
+    check_model_dir(model_dir)
+  dataset = build_dataset(opts)
+  total = num_tracks(dataset, opts)
+  if total == 0:
+    raise ValueError(f"no tracks to evaluate in split {opts.split!r} of {dataset!r}")
+  sep = separator if separator is not None else make_separator(method, model_dir, dataset, opts)
+  adapter = _Adapter(sep, dataset, opts.batch_size)
+  names = list(dataset.source_names)
+  rate = int(dataset.sample_rate)
+  logging.info("evaluating %s on %s/%s (%s tracks, sources %s, %d Hz, mix=%s)", sep.method, opts.dataset,
+               opts.split, total, names, rate, dataset.mix)
+
+  import keras  # pylint: disable=import-outside-toplevel
+  progbar = keras.utils.Progbar(total, unit_name="track", verbose=verbose)
+  pool = _scoring_pool(opts.num_workers) if opts.num_workers > 0 else None
+  pending: List[Tuple[str, object, Dict, float, float]] = []
+  per_track: List[Dict] = []
+  t_sep = 0.0
+  audio_seconds = 0.0
+  done = 0
+
+  def submit(name, mix, sources, est, seconds):
+    nonlocal audio_seconds
+    audio_seconds += mix.shape[-1] / rate
+    si = bsseval.si_sdr_scores(sources, est, mix)
+    args = (sources.astype(np.float64), est.astype(np.float64), rate, opts.win_seconds, opts.hop_seconds)
+    job = (pool.apply_async(bsseval.museval_worker, args) if pool is not None
+           else _Inline(bsseval.museval_worker(*args)))
+    pending.append((name, job, si, seconds, mix.shape[-1] / rate))
+    if write_audio_dir:
+      _write_estimates(write_audio_dir, name, est, names, rate)
+
+  def collect(block_until: int):
+    """Takes finished scores in order until at most `block_until` are pending."""
+    nonlocal done
+    while len(pending) > block_until:
+      name, job, si, seconds, duration = pending.pop(0)
+      bss = job.get()
+      scores = {m: np.asarray(bss[m]) for m in bsseval.BSS_METRICS}
+      scores.update(si)
+      record = {"track": name, "sources": bsseval.as_source_dict(scores, names), "separation_seconds": seconds,
+                "duration_seconds": duration,
+                "frames": {n: {m: bss[f"{m}_frames"][k] for m in bsseval.BSS_METRICS} for k, n in enumerate(names)}}
+      per_track.append(record)
+      if per_track_dir:
+        from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
+        config_lib.atomic_write_text(os.path.join(per_track_dir, _track_name_safe(name) + ".json"),
+                                     json.dumps(bsseval.json_safe(record), indent=1) + "\n")
+      done += 1
+      sdr = np.nanmean([record["sources"][n]["sdr"] for n in names])
+      si_sdr = np.nanmean([record["sources"][n]["si_sdr"] for n in names])
+      progbar.update(done, [("sdr", sdr), ("si_sdr", si_sdr)])
+
+  max_pending = max(2 * opts.num_workers, 1)
+  try:
+    tracks = iter_tracks(dataset, opts)
+    if opts.dataset == "toy":  # equal-length excerpts: batches through separate()
+      while True:
+        group = [t for _, t in zip(range(opts.batch_size), tracks)]
+        if not group:
+          break
+        mixes = np.stack([g[1] for g in group])
+        sources = np.stack([g[2] for g in group])
+        t0 = time.perf_counter()
+        est = adapter.batch(mixes, sources)
+        dt = time.perf_counter() - t0
+        t_sep += dt
+        for (name, mix, src), e in zip(group, est):
+          submit(name, mix, src, np.asarray(e, np.float32), dt / len(group))
+        collect(max_pending)
+    else:  # whole tracks through separate_long()
+      for name, mix, sources in tracks:
+        t0 = time.perf_counter()
+        est = adapter.long(mix, sources)
+        dt = time.perf_counter() - t0
+        t_sep += dt
+        submit(name, mix, sources, np.asarray(est, np.float32), dt)
+        collect(max_pending)
+    collect(0)
+  finally:
+    if pool is not None:
+      pool.terminate()
+      pool.join()
+  if not per_track:
+    raise ValueError(f"no tracks to evaluate in split {opts.split!r} of {dataset!r}")
+
+  agg = bsseval.aggregate([t["sources"] for t in per_track], names)
+  seconds = time.perf_counter() - t_start
+  result = {
+      "sources": agg["sources"],
+      "overall": agg["overall"],
+      "overall_mean": agg["overall_mean"],
+      "method": sep.method,
+      "dataset": opts.dataset,
+      "split": opts.split,
+      "num_tracks": len(per_track),
+      "model_dir": os.path.abspath(model_dir) if model_dir else None,
+      "source_names": names,
+      "sample_rate": rate,
+      "mix": dataset.mix,
+      "model_sample_rate": int(sep.sample_rate),
+      "resampled": adapter.resampled,
+      "mix_gain": adapter.gain,
+      "separator": sep.describe(),
+      "tracks": [t["track"] for t in per_track],
+      "per_track": {t["track"]: t["sources"] for t in per_track},
+      "aggregation": ("bsseval: museval v4, win = hop = %g s, median over frames (NaN frames left out); "
+                      "si_sdr over the whole track; median over tracks per source; overall = median over "
+                      "sources, overall_mean = mean over sources" % opts.win_seconds),
+      "audio_seconds": audio_seconds,
+      "seconds": {"total": seconds, "separation": t_sep},
+      "separation_realtime_factor": t_sep / audio_seconds if audio_seconds else None,
+      "options": dataclasses.asdict(opts),
+  }
+  if opts.dataset == "toy":
+    result["toy_seed"] = opts.toy_seed
+  if opts.dataset == "stems":
+    result["data_root"] = os.path.abspath(opts.data_root)
+  if opts.dataset == "musdb":
+    result["musdb_root"] = os.path.abspath(opts.musdb_root)
+  return bsseval.json_safe(result)
+
+
+def _write_estimates(directory, track, estimates, names, rate):
+  from vsep_tf import audio  # pylint: disable=import-outside-toplevel
+  out = os.path.join(directory, _track_name_safe(track))
+  os.makedirs(out, exist_ok=True)
+  for k, name in enumerate(names):
+    audio.write_audio(os.path.join(out, f"{name}.wav"), np.asarray(estimates[k], np.float32), rate,
+                      subtype="FLOAT", overwrite=True)
+
+
+def write_results(result: Dict, path: str):
+  """The result JSON, atomically (strict JSON: NaN written as null)."""
+  from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
+  config_lib.atomic_write_text(path, json.dumps(bsseval.json_safe(result), indent=1, allow_nan=False) + "\n")
+
+
+def default_per_track_dir(output_json: str) -> str:
+  base = output_json[:-5] if output_json.endswith(".json") else output_json
+  return base + ".tracks"
+
+
+def summary_table(result: Dict) -> str:
+  """The per-source table of a result, with the overall row, and a header line."""
+  head = (f"{result['method']} on {result['dataset']}/{result.get('split', '?')}: {result['num_tracks']} tracks"
+          + (f", model {result['model_dir']}" if result.get("model_dir") else ""))
+  nan = math.nan
+  sources = {n: {m: (nan if v is None else v) for m, v in d.items()} for n, d in result["sources"].items()}
+  overall = {m: (nan if v is None else v) for m, v in result["overall"].items()}
+  return head + "\n" + bsseval.format_table(sources, overall)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------------------
+
+
+def define_data_flags(fv: flags.FlagValues):
+  """Flags shared with tools.compare_separators: the data and the scoring."""
+  d = EvalOptions()
+  flags.DEFINE_enum("dataset", None, list(DATASETS), "Dataset family (default: the model's).", flag_values=fv)
+  flags.DEFINE_string("split", d.split, "Split to evaluate.", flag_values=fv)
+  flags.DEFINE_integer("toy_seed", d.toy_seed, "Toy data seed of the evaluation items (not the training seed).",
+                       flag_values=fv)
+  flags.DEFINE_string("data_root", None, "Stem folder root for --dataset=stems.", flag_values=fv)
+  flags.DEFINE_string("musdb_root", None, "MUSDB18(-HQ) root for --dataset=musdb.", flag_values=fv)
+  flags.DEFINE_boolean("musdb_is_wav", d.musdb_is_wav, "MUSDB18-HQ (wav) rather than .stem.mp4.", flag_values=fv)
+  flags.DEFINE_integer("sample_rate", d.sample_rate, "Data rate to score at (0: the data's own).", flag_values=fv)
+  flags.DEFINE_enum("mix", d.mix, ["", "sum", "mean"], "Mixing function of the data ('': the dataset's).",
+                    flag_values=fv)
+  flags.DEFINE_integer("num_examples", d.num_examples, "Tracks / toy items to evaluate (0: toy 40, else all).",
+                       flag_values=fv)
+  flags.DEFINE_float("max_seconds", d.max_seconds, "Crop every track to its first seconds (0: whole).",
+                     flag_values=fv)
+  flags.DEFINE_integer("batch_size", d.batch_size, "Toy excerpts per separate() call; chunks per batch for long "
+                       "tracks.", flag_values=fv)
+  flags.DEFINE_integer("num_workers", d.num_workers, "Processes scoring BSSEval (0: in this process).",
+                       flag_values=fv)
+  flags.DEFINE_integer("oracle_fft", d.oracle_fft, "STFT size of --method=oracle_irm (0: 4096 toy, else the power "
+                       "of two >= 64 ms: 1024 at 16 kHz).",
+                       flag_values=fv)
+  flags.DEFINE_integer("oracle_hop", d.oracle_hop, "STFT hop of oracle_irm (0: oracle_fft // 4).", flag_values=fv)
+  flags.DEFINE_float("oracle_power", d.oracle_power, "Mask exponent of oracle_irm (1: magnitude, 2: Wiener).",
+                     flag_values=fv)
+  flags.DEFINE_float("win_seconds", d.win_seconds, "BSSEval window (SiSEC: 1 s).", flag_values=fv)
+  flags.DEFINE_float("hop_seconds", d.hop_seconds, "BSSEval hop (SiSEC: 1 s).", flag_values=fv)
+
+
+def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """Every flag of the tool on `fv`."""
+  define_data_flags(fv)
+  flags.DEFINE_string("model_dir", None, "A trained model directory (vsep_tf.train).", flag_values=fv)
+  flags.DEFINE_enum("method", None, list(BASELINES), "A baseline instead of --model_dir.", flag_values=fv)
+  flags.DEFINE_string("output_json", None, "Write the results here.", flag_values=fv)
+  flags.DEFINE_string("per_track_dir", None, "Per-track JSONs (default: <output_json>.tracks/).", flag_values=fv)
+  flags.DEFINE_string("write_audio_dir", None, "Write the estimates as <dir>/<track>/<source>.wav.",
+                      flag_values=fv)
+  return fv
+
+
+def options_from_flags(fv, model_dir: Optional[str] = None) -> EvalOptions:
+  """EvalOptions from the data flags; with no --dataset, the model's own dataset (data_root, musdb_root)."""
+  kwargs = {f.name: fv[f.name].value for f in dataclasses.fields(EvalOptions) if f.name in fv}
+  if kwargs.get("dataset") is None:
+    if not model_dir:
+      raise ValueError("--dataset is required with --method (toy, stems or musdb)")
+    check_model_dir(model_dir)
+    from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
+    model_fv = config_lib.load_config(model_dir)
+    kwargs["dataset"] = model_fv.dataset
+    for name in ("data_root", "musdb_root"):
+      if not kwargs.get(name):
+        kwargs[name] = model_fv[name].value
+    logging.info("no --dataset: using the model's (%s)", kwargs["dataset"])
+  for name in ("data_root", "musdb_root"):
+    kwargs.setdefault(name, None)
+  return EvalOptions(**kwargs)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  fv = flags.FLAGS
+  try:
+    if bool(fv.model_dir) == bool(fv.method):
+      raise ValueError("pass exactly one of --model_dir (a trained model) and --method (oracle_irm|mixture)")
+    opts = options_from_flags(fv, fv.model_dir)
+    if fv.output_json and os.path.isdir(fv.output_json):
+      raise ValueError(f"--output_json={fv.output_json} is a directory")
+    per_track_dir = fv.per_track_dir or (default_per_track_dir(fv.output_json) if fv.output_json else None)
+    result = evaluate(opts, method=fv.method, model_dir=fv.model_dir, per_track_dir=per_track_dir,
+                      write_audio_dir=fv.write_audio_dir)
+  except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+    print(f"vsep_tf.evaluate: error: {e}", file=sys.stderr)
+    return 1
+  result["flags"] = {name: fv[name].value for name in tool_flag_names()}
+  if fv.output_json:
+    write_results(result, fv.output_json)
+  print(summary_table(result))
+  print(f"{result['num_tracks']} tracks, {result['audio_seconds']:.1f} s of audio, separation "
+        f"{result['seconds']['separation']:.1f} s, total {result['seconds']['total']:.1f} s"
+        + (f"; results in {fv.output_json}" if fv.output_json else ""))
+  return 0
+
+
+def tool_flag_names() -> List[str]:
+  """The names of this tool's own flags (not absl's)."""
+  return sorted(define_flags(flags.FlagValues()))
+
+
+def run():
+  define_flags(flags.FLAGS)
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
