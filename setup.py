@@ -41,6 +41,12 @@ setup(
     entry_points={
         "console_scripts": [
             "vsep-train=vsep_tf.train:run",
+            "vsep-evaluate=vsep_tf.evaluate:run",
+            "vsep-separate=vsep_tf.separate:run",
+            "vsep-export-savedmodel=vsep_tf.export.saved_model:run",
+            "vsep-export-tflite=vsep_tf.export.tflite:run",
+            "vsep-serving-client=vsep_tf.export.client:run",
+            "vsep-dev-server=vsep_tf.export.dev_server:run",
         ]
     },
 )

@@ -21,3 +21,44 @@ def chorales_root():
   if not CHORALES.is_dir():
     pytest.skip(f"{CHORALES} not present")
   return CHORALES
+
+
+# Tiny model directories made by the real trainer (in-process: no second TensorFlow start-up), shared by the
+# inference and export tests. A few steps only: the weights are near their initialisation, which is all that
+# parity, chunking and I/O tests need.
+TINY_ENCODER_FLAGS = ["--train_steps=4", "--crop_length=1024", "--batch_size=2", "--steps_per_loop=2",
+                      "--checkpoint_every=4", "--encoder.num_blocks=1", "--encoder.num_layers=3",
+                      "--encoder.residual_channels=8", "--encoder.skip_channels=8", "--valid_examples=2"]
+TINY_PRIOR_FLAGS = ["--train_steps=2", "--crop_length=512", "--batch_size=2", "--steps_per_loop=2",
+                    "--checkpoint_every=2", "--wavenet.num_blocks=1", "--wavenet.num_layers=3",
+                    "--wavenet.residual_channels=8", "--wavenet.skip_channels=8", "--wavenet.cond_channels=8",
+                    "--wavenet.num_mixtures=2", "--audio_summary_seconds=0"]
+
+
+def train_tiny_model(model_dir, flagfile: str, extra=()) -> str:
+  """Runs `python -m vsep_tf.train --flagfile=<flagfile> --model_dir=<model_dir> <extra>` in this process."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
+  from vsep_tf.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+  fv = config_lib.define_flags(flags.FlagValues())
+  cwd = os.getcwd()
+  os.chdir(REPO)  # flagfiles include each other by paths relative to the repository
+  try:
+    fv(["train", f"--flagfile={flagfile}", f"--model_dir={model_dir}", *extra])
+  finally:
+    os.chdir(cwd)
+  trainer_lib.get_trainer(fv.job)(fv).train()
+  return str(model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_supervised_dir(tmp_path_factory):
+  """A --job=supervised model directory (configs/toy_supervised.flags, 4 steps, 1 x 3-layer encoder of width 8)."""
+  return train_tiny_model(tmp_path_factory.mktemp("tiny_supervised"), "configs/toy_supervised.flags",
+                          TINY_ENCODER_FLAGS)
+
+
+@pytest.fixture(scope="session")
+def tiny_priors_dir(tmp_path_factory):
+  """A --job=priors model directory (configs/toy.flags, 2 steps, 1 x 3-layer WaveNet priors of width 8)."""
+  return train_tiny_model(tmp_path_factory.mktemp("tiny_priors"), "configs/toy.flags", TINY_PRIOR_FLAGS)

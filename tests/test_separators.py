@@ -171,7 +171,27 @@ def test_variational_needs_prior_dir(tmp_path):
 def test_langevin_from_prior_dir(tiny_prior_dir):
   sep = load_separator(tiny_prior_dir, ["--langevin_levels=2", "--langevin_steps_per_level=2"])
   assert isinstance(sep, LangevinSeparator) and sep.mix == "mean"
+  assert len(sep.sigmas) == 2 and sep.steps_per_level == 2  # the overrides are honoured
   m = tf.random.normal([1, 300]) * 0.5
   est = sep.separate(m).numpy()
   assert est.shape == (1, 4, 300) and np.all(np.isfinite(est))
   np.testing.assert_allclose(est.mean(1), m.numpy(), atol=1e-5)
+
+
+def test_variational_distills_a_teacher_then_maximises_the_elbo(tiny_prior_dir, tmp_path):
+  """--teacher_dir (an NMF dir: solo-audio supervision only) feeds teacher estimates, never the sources."""
+  nmf_dir = str(tmp_path / "nmf")
+  nmf_fv = _fv("--job=nmf", f"--model_dir={nmf_dir}", "--nmf.num_atoms=4", "--nmf.n_fft=256", "--nmf.hop=64",
+               "--nmf.train_iterations=5", "--nmf.separate_iterations=5", "--nmf.max_train_seconds=1",
+               "--nmf.max_train_frames=200")
+  trainer_lib.get_trainer("nmf")(nmf_fv).train()
+  model_dir = str(tmp_path / "var")
+  fv = _fv("--job=variational", f"--prior_dir={tiny_prior_dir}", f"--teacher_dir={nmf_dir}", "--distill_steps=5",
+           *TINY_ENCODER, *RUN, f"--model_dir={model_dir}", "--train_steps=10", "--checkpoint_every=5")
+  trainer = separator_trainer.SeparatorTrainer(fv)
+  batch = next(iter(trainer.dataset))
+  assert set(batch) == {"mix", "teacher"} and batch["teacher"].shape == (4, 4, 512)
+  np.testing.assert_allclose(batch["teacher"].numpy().mean(1), batch["mix"].numpy(), atol=1e-3)
+  metrics = trainer.train()
+  assert int(trainer.step.numpy()) == 10 and trainer.phase == "elbo"
+  assert "prior_nll" in metrics and np.isfinite(metrics["total_loss"])

@@ -9,7 +9,6 @@ crops of every class (split --split of the model's own dataset; for toy data a s
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import app, flags

@@ -10,6 +10,7 @@ Layout (one sub-package per part of the method):
   separators   Langevin, variational, supervised and NMF separators
   training     tf.distribute custom training loop, checkpoints, flags
   evaluation   BSSEval v4 + SI-SDR scoring
-  export       SavedModel / TFLite / TF-Serving
+  inference    separation of waveforms / files at any rate and channel count, streamed (CLI: separate)
+  export       SavedModel / TFLite / TF-Serving client and development stand-in server
 """
 __version__ = "0.1.0"

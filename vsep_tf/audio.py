@@ -226,14 +226,7 @@ def write_audio(path, samples, sample_rate, subtype="PCM_16", overwrite=False) -
     ValueError: unsupported extension, subtype or shape.
   """
   path = os.fspath(path)
-  ext = os.path.splitext(path)[1].lower()
-  if ext not in _FORMATS:
-    raise ValueError(f"{path}: unsupported extension {ext!r}; use one of {sorted(_FORMATS)}")
-  fmt = _FORMATS[ext]
-  if subtype not in SUBTYPES:
-    raise ValueError(f"subtype must be one of {SUBTYPES}, got {subtype!r}")
-  if fmt == "FLAC" and subtype == "FLOAT":
-    raise ValueError(f"{path}: FLAC stores integer samples only; use PCM_16 or PCM_24 (or a .wav file)")
+  fmt = output_format(path, subtype)
   sample_rate = _check_rate(sample_rate, "sample_rate")
   x = np.asarray(samples)
   if x.ndim not in (1, 2):
@@ -268,23 +261,254 @@ def write_audio(path, samples, sample_rate, subtype="PCM_16", overwrite=False) -
                          f"{sample_rate} Hz as {fmt} {subtype} ({e})") from e
       f.flush()
       os.fsync(f.fileno())
-    # mkstemp makes 0600 files: keep the mode of the file we replace, else the usual 0644.
-    mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
-    os.chmod(tmp, mode)
-    if overwrite:
-      os.replace(tmp, path)
-    else:
-      try:
-        os.link(tmp, path)  # atomic and never clobbers: fails if path appeared meanwhile
-      except FileExistsError:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it") from None
-      except OSError:  # no hard links on this file system: check-then-rename
-        if os.path.exists(path):
-          raise FileExistsError(f"{path} exists; pass overwrite=True to replace it") from None
-        os.replace(tmp, path)
+    _move_into_place(tmp, path, overwrite)
   finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
+
+
+def output_format(path, subtype) -> str:
+  """The soundfile format ('WAV' or 'FLAC') for writing `path` with `subtype`; ValueError if unsupported."""
+  path = os.fspath(path)
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in _FORMATS:
+    raise ValueError(f"{path}: unsupported extension {ext!r}; use one of {sorted(_FORMATS)}")
+  fmt = _FORMATS[ext]
+  if subtype not in SUBTYPES:
+    raise ValueError(f"subtype must be one of {SUBTYPES}, got {subtype!r}")
+  if fmt == "FLAC" and subtype == "FLOAT":
+    raise ValueError(f"{path}: FLAC stores integer samples only; use PCM_16 or PCM_24 (or a .wav file)")
+  return fmt
+
+
+def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
+  """Moves the finished temporary file `tmp` to `path` (same directory), atomically.
+
+  overwrite: os.replace. Otherwise a hard link, which fails if `path` exists (never clobbers, even if the file
+  appeared meanwhile); on file systems without hard links, check-then-rename. `tmp` is left for the caller
+  to remove if it still exists.
+  """
+  # mkstemp makes 0600 files: keep the mode of the file we replace, else the usual 0644.
+  mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
+  os.chmod(tmp, mode)
+  if overwrite:
+    os.replace(tmp, path)
+    return
+  try:
+    os.link(tmp, path)  # atomic and never clobbers: fails if path appeared meanwhile
+  except FileExistsError:
+    raise FileExistsError(f"{path} exists; pass overwrite=True to replace it") from None
+  except OSError:  # no hard links on this file system: check-then-rename
+    if os.path.exists(path):
+      raise FileExistsError(f"{path} exists; pass overwrite=True to replace it") from None
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streaming: long files in blocks (memory independent of the file's length)
+# ---------------------------------------------------------------------------------------------------------
+
+def resampled_length(frames: int, orig_rate: int, new_rate: int) -> int:
+  """Samples `resample` returns for `frames` input samples: ceil(frames * new_rate / orig_rate)."""
+  up, down = _reduced_ratio(_check_rate(orig_rate, "orig_rate"), _check_rate(new_rate, "new_rate"))
+  return -(-int(frames) * up // down)
+
+
+class StreamResampler:
+  """`resample` for a signal that arrives in blocks along axis 0 ([n, ...], the same trailing shape each time).
+
+  push(block) returns the output samples that no later input can change, flush() the rest once the input has
+  ended. The concatenated outputs equal resample(whole signal) (same filter, same zero padding at both ends;
+  equal to float32 rounding), while only about block + 2 * RESAMPLE_HALF_WIDTH * max(up, down) / up input
+  samples are held. Equal rates pass blocks through unchanged.
+  """
+
+  def __init__(self, orig_rate: int, new_rate: int):
+    self.orig_rate = _check_rate(orig_rate, "orig_rate")
+    self.new_rate = _check_rate(new_rate, "new_rate")
+    self._up, self._down = _reduced_ratio(self.orig_rate, self.new_rate)
+    # Output j sits at input position j * down / up and reads the input within +-half of it.
+    self._half = -(-RESAMPLE_HALF_WIDTH * max(self._up, self._down) // self._up) + 1
+    self._buf = None        # input samples [buf_start, in_end)
+    self._buf_start = 0     # a multiple of `down`, so buf_start * up / down is an output index
+    self._in_end = 0
+    self._out_next = 0
+    self._flushed = False
+    self._tail = ()         # trailing shape of the blocks
+
+  def push(self, block) -> np.ndarray:
+    if self._flushed:
+      raise RuntimeError("StreamResampler: push() after flush()")
+    block = np.asarray(block, np.float32)
+    self._tail = block.shape[1:]
+    if self.orig_rate == self.new_rate:
+      self._in_end += block.shape[0]
+      return block
+    self._buf = block if self._buf is None else np.concatenate([self._buf, block], axis=0)
+    self._in_end += block.shape[0]
+    # Outputs j whose whole filter support lies below in_end: j * down / up + half <= in_end - 1.
+    ready = (self._in_end - 1 - self._half) * self._up // self._down + 1
+    return self._emit(max(ready, 0))
+
+  def flush(self) -> np.ndarray:
+    """The remaining outputs (the input is taken as zero after its end)."""
+    self._flushed = True
+    if self.orig_rate == self.new_rate or self._buf is None:
+      return np.zeros((0,) + self._tail, np.float32)
+    return self._emit(-(-self._in_end * self._up // self._down))
+
+  def _emit(self, stop: int) -> np.ndarray:
+    if stop <= self._out_next:
+      return np.zeros((0,) + self._buf.shape[1:], np.float32)
+    y = resample(self._buf, self.orig_rate, self.new_rate)
+    first = self._buf_start // self._down * self._up  # output index of y[0]
+    out = y[self._out_next - first:stop - first]
+    self._out_next = stop
+    # Later outputs (j >= out_next) read input from out_next * down / up - half on.
+    keep = max(0, (self._out_next * self._down // self._up - self._half) // self._down * self._down)
+    if keep > self._buf_start:
+      self._buf = self._buf[keep - self._buf_start:]
+      self._buf_start = keep
+    return out
+
+
+def iter_audio_blocks(path, block_frames: int = 2 ** 18, sample_rate=None, mono=False):
+  """Reads an audio file block by block, resampled on the fly: yields float32 [n, channels] ([n] if mono).
+
+  The blocks concatenated equal read_audio(path, sample_rate, mono) (to float32 rounding), with
+  resampled_length(frames, rate, sample_rate) samples in all, but only one block is in memory at a time.
+  Every block is checked as read_audio checks a file (AudioError for non-finite samples, naming the frame), so
+  a bad sample late in a file is only found when its block is read.
+  """
+  path = os.fspath(path)
+  info = audio_info(path)
+  block_frames = int(block_frames)
+  if block_frames <= 0:
+    raise ValueError(f"block_frames must be positive, got {block_frames}")
+  resampler = StreamResampler(info.rate, sample_rate or info.rate)
+  for start in range(0, info.frames, block_frames):
+    x, _ = read_audio(path, mono=mono, start=start, frames=min(block_frames, info.frames - start))
+    y = resampler.push(x)
+    if y.shape[0]:
+      yield y
+  y = resampler.flush()
+  if y.shape[0]:
+    yield y
+
+
+class AudioFileWriter:
+  """Writes a .wav / .flac file block by block, atomically (write_audio for streams).
+
+  Blocks go to a hidden temporary file in the destination's directory; `commit()` moves it into place
+  (never clobbering an existing file unless overwrite=True) and `abort()` (or leaving a `with` block by an
+  exception) removes it: no partial file is ever visible under `path`. Same formats, subtypes and checks as
+  write_audio: non-finite samples raise AudioError, integer subtypes clip |x| > 1 (counted, warned at commit).
+  Use `commit_together` to publish several files only when all of them are complete.
+  """
+
+  def __init__(self, path, sample_rate: int, channels: int = 1, subtype: str = "PCM_16"):
+    self.path = os.fspath(path)
+    self.format = output_format(self.path, subtype)
+    self.subtype = subtype
+    self.sample_rate = _check_rate(sample_rate, "sample_rate")
+    self.channels = int(channels)
+    self.frames = 0
+    self.clipped = 0
+    directory = os.path.dirname(os.path.abspath(self.path))
+    fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+      self._file = sf.SoundFile(self.tmp, "w", samplerate=self.sample_rate, channels=self.channels,
+                                subtype=subtype, format=self.format)
+    except (sf.SoundFileError, RuntimeError) as e:
+      os.unlink(self.tmp)
+      raise AudioError(self.path, f"cannot write {self.channels} channel(s) at {self.sample_rate} Hz as "
+                       f"{self.format} {subtype} ({e})") from e
+
+  def write(self, block) -> None:
+    """block: float [n] (mono) or [n, channels], linear amplitude."""
+    x = np.asarray(block)
+    if not np.issubdtype(x.dtype, np.floating):
+      raise ValueError(f"samples must be floating point in [-1, 1], got dtype {x.dtype}")
+    x = x.reshape(-1, 1) if x.ndim == 1 else x
+    if x.ndim != 2 or x.shape[1] != self.channels:
+      raise ValueError(f"{self.path}: block of shape {np.shape(block)}, expected [n, {self.channels}]")
+    if not np.isfinite(x).all():
+      raise AudioError(self.path, f"refusing to write {int(np.sum(~np.isfinite(x)))} non-finite samples (NaN/Inf)")
+    if self.subtype != "FLOAT":
+      over = np.abs(x) > 1.0
+      if over.any():
+        self.clipped += int(over.sum())
+        x = np.clip(x, -1.0, 1.0)
+    self._file.write(x)
+    self.frames += x.shape[0]
+
+  def _close(self):
+    if not self._file.closed:
+      self._file.close()
+      fd = os.open(self.tmp, os.O_RDONLY)
+      try:
+        os.fsync(fd)  # on disk before it is renamed into place
+      finally:
+        os.close(fd)
+
+  def finish(self) -> None:
+    """Closes the temporary file (flushed to disk). Raises AudioError if nothing was written."""
+    self._close()
+    if self.frames == 0:
+      raise AudioError(self.path, "refusing to write empty audio (0 samples)")
+    if self.clipped:
+      logging.warning("%s: clipped %d samples to [-1, 1] for %s", self.path, self.clipped, self.subtype)
+
+  def commit(self, overwrite: bool = False) -> None:
+    commit_together([self], overwrite=overwrite)
+
+  def abort(self) -> None:
+    """Drops the temporary file (idempotent)."""
+    try:
+      self._close()
+    except Exception:  # pylint: disable=broad-except
+      pass
+    if os.path.exists(self.tmp):
+      os.unlink(self.tmp)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is not None:
+      self.abort()
+    return False
+
+
+def commit_together(writers, overwrite: bool = False) -> None:
+  """Publishes the files of several AudioFileWriters, all or none.
+
+  Without overwrite, nothing is moved if any destination exists (FileExistsError naming them); if one appears
+  meanwhile, the files already moved by this call are removed again. Temporary files are removed in any case.
+  """
+  writers = list(writers)
+  try:
+    for w in writers:
+      w.finish()
+    if not overwrite:
+      existing = [w.path for w in writers if os.path.exists(w.path)]
+      if existing:
+        raise FileExistsError(f"{', '.join(existing)} exist(s); pass overwrite=True to replace")
+    done = []
+    try:
+      for w in writers:
+        _move_into_place(w.tmp, w.path, overwrite)
+        done.append(w)
+    except BaseException:
+      if not overwrite:
+        for w in done:  # ours: linked a moment ago from our temporary file
+          if os.path.exists(w.path) and os.path.samefile(w.path, w.tmp):
+            os.unlink(w.path)
+      raise
+  finally:
+    for w in writers:
+      w.abort()
 
 
 # ---------------------------------------------------------------------------------------------------------

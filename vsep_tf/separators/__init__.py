@@ -7,6 +7,8 @@
 """
 from vsep_tf.separators.base import Separator, consistency_projection
 
+__all__ = ["Separator", "consistency_projection", "load_separator"]
+
 
 def load_separator(model_dir: str, overrides=()) -> Separator:
   """The separator saved in `model_dir` (a directory with config.flags written by vsep_tf.train)."""

@@ -76,6 +76,91 @@ class Separator:
         progress(min(i + batch_size, len(starts)), len(starts))
     return (num / np.maximum(den, 1e-12)).astype(np.float32)
 
+  def separate_stream(self, blocks, total: int, chunk_length: Optional[int] = None,
+                      overlap: Optional[int] = None, batch_size: int = 4, progress=None):
+    """separate_long for a (multichannel) signal that arrives in blocks; a generator of finished estimates.
+
+    blocks: iterable of float arrays [n_i, C] (or [n_i] for one channel), sum n_i = total (more is ignored).
+      Every channel is separated on its own.
+    Yields float32 [N, m_j, C] (or [N, m_j]) in order, sum m_j = total, as soon as no later chunk can change
+    them. Channel c of the concatenated yields equals separate_long(mix[:, c], chunk_length, overlap): the
+    same chunks, cross-fade weights and normalisation. Memory: about (chunk + batch_size * hop) samples of
+    input and of the two running sums, whatever `total`: what long files need (vsep_tf.inference streams
+    files through it). `batch_size` counts rows passed to `separate` (chunks x channels).
+    """
+    total = int(total)
+    chunk = int(chunk_length or self.chunk_length)
+    overlap = int(self.chunk_overlap if overlap is None else overlap)
+    source_iter = iter(blocks)
+    state = {"buf": None, "start": 0, "squeeze": False}  # input samples [start, start + len(buf)), [n, C]
+
+    def need(stop):
+      while state["buf"] is None or state["start"] + state["buf"].shape[0] < stop:
+        try:
+          b = np.asarray(next(source_iter), np.float32)
+        except StopIteration:
+          have = 0 if state["buf"] is None else state["start"] + state["buf"].shape[0]
+          raise ValueError(f"separate_stream: the blocks ended after {have} of {total} samples") from None
+        if b.ndim == 1:
+          state["squeeze"] = True
+          b = b[:, None]
+        if b.ndim != 2:
+          raise ValueError(f"separate_stream takes blocks [time] or [time, channels], got shape {b.shape}")
+        state["buf"] = b if state["buf"] is None else np.concatenate([state["buf"], b], axis=0)
+
+    def shaped(est):  # [N, n, C] -> [N, n] for 1-D blocks
+      return est[..., 0] if state["squeeze"] else est
+
+    if total <= 0:
+      return
+    if total <= chunk:
+      need(total)
+      x = state["buf"][:total]
+      est = np.asarray(self.separate(np.ascontiguousarray(x.T)))  # [C, N, total]
+      if progress is not None:
+        progress(1, 1)
+      yield shaped(np.transpose(est, [1, 2, 0]).astype(np.float32))
+      return
+    hop = chunk - overlap
+    if hop <= 0:
+      raise ValueError(f"overlap {overlap} must be smaller than the chunk length {chunk}")
+    window = signal_lib.chunk_weights(chunk, hop).numpy()  # float32, as in separate_long (same sums)
+    starts = [s for s in range(0, max(total - chunk, 0) + hop, hop) if s < total]
+    need(1)
+    channels = state["buf"].shape[1]
+    per_call = max(1, batch_size // channels)
+    acc_start = 0
+    num = np.zeros([self.num_sources, channels, 0], np.float64)
+    den = np.zeros([0], np.float64)
+    for i in range(0, len(starts), per_call):
+      group = starts[i:i + per_call]
+      stop = min(group[-1] + chunk, total)
+      need(stop)
+      grow = stop - acc_start - den.shape[0]
+      if grow > 0:
+        num = np.concatenate([num, np.zeros([self.num_sources, channels, grow])], axis=2)
+        den = np.concatenate([den, np.zeros([grow])])
+      frames = np.zeros([len(group), channels, chunk], np.float32)
+      for j, s in enumerate(group):
+        piece = state["buf"][s - state["start"]:min(s + chunk, total) - state["start"]]
+        frames[j, :, :piece.shape[0]] = piece.T
+      est = np.asarray(self.separate(frames.reshape(-1, chunk)))  # [b * C, N, chunk]
+      est = est.reshape(len(group), channels, self.num_sources, chunk)
+      for j, s in enumerate(group):
+        n = min(chunk, total - s)
+        a = s - acc_start
+        num[:, :, a:a + n] += np.transpose(est[j, :, :, :n], [1, 0, 2]) * window[:n]
+        den[a:a + n] += window[:n]
+      if progress is not None:
+        progress(min(i + per_call, len(starts)), len(starts))
+      done = starts[i + per_call] if i + per_call < len(starts) else total  # no later chunk reaches below
+      k = done - acc_start
+      out = num[:, :, :k] / np.maximum(den[:k], 1e-12)
+      yield shaped(np.transpose(out, [0, 2, 1]).astype(np.float32))
+      num, den, acc_start = num[:, :, k:], den[k:], done
+      state["buf"] = state["buf"][done - state["start"]:]
+      state["start"] = done
+
   def mix_fn(self, sources):
     """f(sources [..., N, T]) -> [..., T]."""
     return mixing.mix_sources(sources, self.mix)
@@ -83,6 +168,25 @@ class Separator:
   def describe(self) -> dict:
     return {"method": self.method, "source_names": list(self.source_names), "sample_rate": int(self.sample_rate),
             "mix": self.mix}
+
+
+def separate_fixed_rows(run_chunk, mix, chunk_length: int, num_sources: int) -> np.ndarray:
+  """Separates [batch, time <= chunk_length] row by row with a model of FIXED input [1, chunk_length]
+  (TFLite, TF-Serving's separate_chunk): each row zero-padded to the chunk, the estimates cut back.
+  run_chunk(padded float32 [1, chunk]) -> [1, N, chunk]. Returns numpy [batch, N, time]."""
+  mix = np.asarray(mix, np.float32)
+  if mix.ndim != 2:
+    raise ValueError(f"mix must be [batch, time], got shape {mix.shape}")
+  time = mix.shape[1]
+  if time > chunk_length:
+    raise ValueError(f"this model takes at most {chunk_length} samples per row, got {time}; use separate_long")
+  out = np.zeros([mix.shape[0], num_sources, time], np.float32)
+  row = np.zeros([1, chunk_length], np.float32)
+  for i in range(mix.shape[0]):
+    row[:] = 0.0
+    row[0, :time] = mix[i]
+    out[i] = np.asarray(run_chunk(row))[0, :, :time]
+  return out
 
 
 def consistency_projection(estimates, mix, mix_name: str):

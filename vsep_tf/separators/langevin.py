@@ -60,7 +60,8 @@ class LangevinSeparator(Separator):
   def from_model_dir(cls, model_dir: str, fv=None, **kwargs):
     """The priors of a --job=priors model directory, with the Langevin flags saved in it (or overridden)."""
     from vsep_tf.training import builders  # pylint: disable=import-outside-toplevel
-    priors, fv = builders.restore_priors(model_dir)
+    priors, saved_fv = builders.restore_priors(model_dir)
+    fv = fv or saved_fv  # the caller's config carries any overrides (load_separator(model_dir, overrides))
     data = builders.dataset_from_config(fv)
     options = dict(sigma_max=fv.langevin_sigma_max, sigma_min=fv.langevin_sigma_min,
                    num_levels=fv.langevin_levels, steps_per_level=fv.langevin_steps_per_level,

@@ -83,6 +83,11 @@ def _define_run_flags(fv: flags.FlagValues):
                      flag_values=fv)
   flags.DEFINE_float("elbo_entropy_weight", 1.0, "variational: weight of the entropy H[q] (1 = the ELBO).",
                      flag_values=fv)
+  flags.DEFINE_string("teacher_dir", None,
+                      "variational: a separator model dir (e.g. --job=nmf, learned from SOLO audio like the "
+                      "priors) whose estimates on the training MIXES the encoder first imitates.", flag_values=fv)
+  flags.DEFINE_integer("distill_steps", 0, "variational: steps imitating --teacher_dir before the ELBO steps.",
+                       flag_values=fv)
   flags.DEFINE_integer("valid_examples", 16, "Held-out ('valid' split) mixes scored (SI-SDR) at every checkpoint.",
                        flag_values=fv)
   flags.DEFINE_float("langevin_mix_weight", 1.0, "Langevin: lambda = weight / sigma^2 on ||f(x) - m||^2.",

@@ -3,6 +3,10 @@
 --job=variational: mixes ALONE (the dataset's sources are dropped before the data reaches the step), the
   priors of --prior_dir frozen, loss = -ELBO / T with the prior noise level annealed geometrically from
   --elbo_sigma_start to --elbo_sigma_end over --elbo_anneal_fraction of the run.
+  With --teacher_dir and --distill_steps=K, the first K steps instead imitate a teacher separator's estimates
+  on the same training mixes (loss -SI-SDR against them): a starting point inside the right basin for the
+  ELBO. The teacher must use no more supervision than the priors (e.g. --job=nmf: per-class dictionaries
+  from solo audio), so the pipeline stays free of (mix, sources) pairs.
 --job=supervised: (mix, sources) pairs, loss = -SI-SDR: the reference the unsupervised separator chases.
 
 At every checkpoint the encoder means are scored (SI-SDR per source) on --valid_examples mixes of the
@@ -42,6 +46,13 @@ class SeparatorTrainer(Trainer):
       for prior in priors.values():
         prior.trainable = False
       self.priors = [priors[name] for name in self.source_names]
+    self.teacher = None
+    self.phase = "elbo" if self.variational else "supervised"
+    if self.variational and fv.teacher_dir and fv.distill_steps > 0:
+      from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
+      self.teacher = load_separator(fv.teacher_dir)
+      if tuple(self.teacher.source_names) != self.source_names:
+        raise ValueError(f"teacher {fv.teacher_dir} separates {self.teacher.source_names}, not {self.source_names}")
     return {"encoder": self.encoder}
 
   def make_dataset(self):
@@ -49,23 +60,48 @@ class SeparatorTrainer(Trainer):
     ds = self.data.mixtures("train", length=fv.crop_length, batch_size=self.global_batch, seed=fv.seed)
     if self.variational:  # unsupervised: the ground truth never reaches the training step
       ds = ds.map(lambda b: {"mix": b["mix"]})
+    if self.teacher is not None:
+      n, length = len(self.source_names), fv.crop_length
+
+      def teach(mix):
+        est = tf.numpy_function(lambda m: self.teacher.separate(m).numpy().astype("float32"), [mix], tf.float32)
+        est.set_shape([None, n, length])
+        return {"mix": mix, "teacher": est}
+
+      ds = ds.map(lambda b: teach(b["mix"]), num_parallel_calls=tf.data.AUTOTUNE)
     return ds
+
+  def train(self, num_steps=None):
+    """With a teacher: --distill_steps imitation steps first, then the ELBO steps up to --train_steps."""
+    if self.teacher is not None and num_steps is None:
+      remaining = self.fv.distill_steps - int(self.step.numpy())
+      if remaining > 0:
+        self.phase, self._loop_fn = "distill", None
+        super().train(num_steps=remaining)
+        self.phase, self._loop_fn = "elbo", None
+    return super().train(num_steps)
 
   @property
   def loss_keys(self):
+    if self.phase == "distill":
+      return ("si_sdr", "total_loss")
     if self.variational:
       return ("prior_nll", "mix_nll", "neg_entropy", "sigma_prior", "total_loss")
     return ("si_sdr", "total_loss")
 
   def sigma_prior(self):
+    """The prior noise level, annealed over the ELBO steps (after any distillation steps)."""
     fv = self.fv
-    return encoder_lib.annealed_sigma(self.step, int(fv.elbo_anneal_fraction * fv.train_steps),
+    start = fv.distill_steps if self.teacher is not None else 0
+    return encoder_lib.annealed_sigma(self.step - start, int(fv.elbo_anneal_fraction * (fv.train_steps - start)),
                                       fv.elbo_sigma_start, fv.elbo_sigma_end)
 
   def replica_step(self, batch):
     fv = self.fv
     with tf.GradientTape() as tape:
-      if self.variational:
+      if self.phase == "distill":
+        per_example = encoder_lib.supervised_losses(self.encoder, batch["mix"], batch["teacher"])
+      elif self.variational:
         sigma = self.sigma_prior()
         per_example = encoder_lib.elbo_losses(self.encoder, self.priors, batch["mix"], sigma,
                                               fv.elbo_mix_sigma, fv.elbo_entropy_weight)
@@ -74,7 +110,7 @@ class SeparatorTrainer(Trainer):
       losses = {k: tf.nn.compute_average_loss(v, global_batch_size=self.global_batch)
                 for k, v in per_example.items()}
     self.apply_gradients(tape, losses["total_loss"])
-    if self.variational:  # reported as a mean over replicas after the SUM reduction
+    if self.phase == "elbo":  # reported as a mean over replicas after the SUM reduction
       losses["sigma_prior"] = sigma / self.strategy.num_replicas_in_sync
     return losses
 

@@ -1,0 +1,243 @@
+"""Export: SavedModel (TF-Serving layout, signatures, metadata, parity with eager), TFLite (float32 and quantised
+parity), and TF-Serving's gRPC API end to end through the official client stub against the development stand-in
+server on 127.0.0.1, malformed requests included."""
+import json
+import os
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+import soundfile as sf
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc
+
+from vsep_tf import audio
+from vsep_tf import inference
+from vsep_tf.export import client as client_lib
+from vsep_tf.export import dev_server
+from vsep_tf.export import saved_model as saved_model_lib
+from vsep_tf.export import tflite as tflite_lib
+from vsep_tf.separators import load_separator
+from vsep_tf.separators.encoder import EncoderSeparator, build_encoder
+
+CHUNK = 2048  # the separate_chunk (and TFLite) length used here
+
+
+def _noise(shape, seed=0):
+  return (0.3 * np.random.RandomState(seed).randn(*shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def separator(tiny_supervised_dir):
+  return load_separator(tiny_supervised_dir)
+
+
+@pytest.fixture(scope="module")
+def export_base(separator, tmp_path_factory):
+  base = tmp_path_factory.mktemp("exports")
+  saved_model_lib.export_saved_model(separator, str(base), "toy", chunk_length=CHUNK)
+  return str(base)
+
+
+@pytest.fixture(scope="module")
+def server(export_base):
+  srv, port = dev_server.serve(os.path.join(export_base, "toy"), "toy", port=0, host="127.0.0.1")
+  yield f"127.0.0.1:{port}"
+  srv.stop(grace=None)
+
+
+# ------------------------------------------------------------------------------------------ SavedModel
+def test_saved_model_layout_variables_and_parity(separator, export_base):
+  path = os.path.join(export_base, "toy", "1")
+  assert sorted(os.listdir(os.path.join(export_base, "toy"))) == ["1"]  # no temporaries left
+  assert {"saved_model.pb", "variables", "assets"} <= set(os.listdir(path))
+  # tf.Module does not see Keras 3 weights; the SavedModel must still hold every one of them.
+  module = saved_model_lib.SeparatorModule(separator, CHUNK)
+  saved = [n for n, _ in tf.train.list_variables(os.path.join(path, "variables", "variables"))
+           if n != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+  assert len(saved) == len(separator.encoder.weights) == len(saved_model_lib._variables(module.models)) > 0
+  loaded = tf.saved_model.load(path)
+  assert set(loaded.signatures) == {"serving_default", "separate_chunk", "metadata"}
+  x = _noise([2, 3001])
+  eager = separator.separate(x).numpy()
+  np.testing.assert_allclose(loaded.signatures["serving_default"](mix=tf.constant(x))["sources"], eager, atol=1e-5)
+  chunk = _noise([1, CHUNK], seed=1)
+  np.testing.assert_allclose(loaded.signatures["separate_chunk"](mix=tf.constant(chunk))["sources"],
+                             separator.separate(chunk).numpy(), atol=1e-5)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
+    bad = x.copy()
+    bad[0, 7] = np.nan
+    loaded.signatures["serving_default"](mix=tf.constant(bad))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="empty"):
+    loaded.signatures["serving_default"](mix=tf.zeros([1, 0]))
+  # The loaded export is a Separator: chunked separation matches eager.
+  exported = saved_model_lib.SavedModelSeparator(os.path.join(export_base, "toy"))
+  long = _noise([3 * CHUNK], seed=2)
+  np.testing.assert_allclose(exported.separate_long(long, CHUNK, 512), separator.separate_long(long, CHUNK, 512),
+                             atol=1e-5)
+
+
+def test_metadata_signature_and_asset(separator, export_base):
+  loaded = tf.saved_model.load(os.path.join(export_base, "toy", "1"))
+  meta = {k: v.numpy() for k, v in loaded.signatures["metadata"]().items()}
+  assert [s.decode() for s in meta["source_names"]] == list(separator.source_names)
+  assert int(meta["sample_rate"]) == separator.sample_rate == 14700
+  assert int(meta["chunk_length"]) == CHUNK and int(meta["num_sources"]) == 4
+  assert int(meta["chunk_overlap"]) == min(separator.chunk_overlap, CHUNK // 2)
+  assert meta["mix"].decode() == separator.mix and meta["method"].decode() == "supervised"
+  with open(os.path.join(export_base, "toy", "1", "assets", "metadata.json"), encoding="utf-8") as f:
+    asset = json.load(f)
+  assert asset == saved_model_lib.read_metadata(os.path.join(export_base, "toy"))
+  assert asset["source_names"] == list(separator.source_names) and asset["chunk_length"] == CHUNK
+
+
+def test_versions_are_atomic_and_never_clobbered(separator, tmp_path):
+  base = str(tmp_path)
+  with pytest.raises(ValueError, match="holds no TensorFlow model"):
+    saved_model_lib.SeparatorModule(type("Empty", (), {"separate": None})(), CHUNK)
+  p1 = saved_model_lib.export_saved_model(separator, base, "m", chunk_length=CHUNK)
+  p2 = saved_model_lib.export_saved_model(separator, base, "m", chunk_length=CHUNK)
+  assert (os.path.basename(p1), os.path.basename(p2)) == ("1", "2")
+  with pytest.raises(FileExistsError):
+    saved_model_lib.export_saved_model(separator, base, "m", version=1, chunk_length=CHUNK)
+  assert saved_model_lib.version_dir(os.path.join(base, "m")) == p2
+  assert sorted(os.listdir(os.path.join(base, "m"))) == ["1", "2"]
+
+
+def test_saved_model_cli_show_runs_clean(export_base):
+  path = os.path.join(export_base, "toy", "1")
+  r = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--all",
+                      "--dir", path], capture_output=True, text=True, timeout=300,
+                     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1"))
+  assert r.returncode == 0, r.stderr
+  for expected in ("signature_def['serving_default']", "signature_def['separate_chunk']",
+                   "signature_def['metadata']", f"shape: (1, {CHUNK})", "shape: (-1, 4, -1)"):
+    assert expected in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------- TFLite
+def test_tflite_float32_parity(separator, export_base, tmp_path):
+  paths = tflite_lib.export_tflite(os.path.join(export_base, "toy"), str(tmp_path), quantizations=("none",))
+  lite = tflite_lib.TFLiteSeparator(paths["none"])
+  assert lite.source_names == separator.source_names and lite.chunk_length == CHUNK
+  x = _noise([2, CHUNK], seed=3)
+  np.testing.assert_allclose(lite.separate(x), separator.separate(x).numpy(), atol=1e-5)
+  long = _noise([3 * CHUNK + 100], seed=4)  # through separate_long: chunks of the fixed length
+  np.testing.assert_allclose(lite.separate_long(long, CHUNK, 512), separator.separate_long(long, CHUNK, 512),
+                             atol=1e-5)
+
+
+def test_tflite_quantised_parity(tmp_path):
+  """A wider encoder (weights big enough for TFLite to quantise: >= 1024 elements). Dynamic-range int8 and
+  float16 variants stay within 5% of the output scale of the float32 model."""
+  encoder = build_encoder(4, "mean", num_blocks=1, num_layers=4, residual_channels=32, skip_channels=64)
+  sep = EncoderSeparator(encoder, ("a", "b", "c", "d"), 16000, method="untrained")
+  saved_model_lib.export_saved_model(sep, str(tmp_path), "wide", chunk_length=CHUNK)
+  paths = tflite_lib.export_tflite(os.path.join(str(tmp_path), "wide"), str(tmp_path / "lite"),
+                                   quantizations=("none", "dynamic", "float16"))
+  x = _noise([1, CHUNK], seed=5)
+  eager = sep.separate(x).numpy()
+  scale = np.abs(eager).max()
+  outs = {q: tflite_lib.TFLiteSeparator(p).separate(x) for q, p in paths.items()}
+  np.testing.assert_allclose(outs["none"], eager, atol=1e-5 * scale)
+  for q in ("dynamic", "float16"):
+    err = np.abs(outs[q] - eager).max() / scale
+    assert err < 0.05, (q, err)
+  assert os.path.getsize(paths["dynamic"]) < 0.5 * os.path.getsize(paths["none"])
+  assert os.path.getsize(paths["float16"]) < 0.75 * os.path.getsize(paths["none"])
+
+
+# ----------------------------------------------------------------------------------------- TF-Serving
+def test_grpc_round_trip_file_to_file(separator, server, tmp_path):
+  remote = client_lib.ServingSeparator(server, "toy")  # the official PredictionServiceStub underneath
+  assert remote.source_names == separator.source_names and remote.sample_rate == separator.sample_rate
+  assert remote.chunk_length == CHUNK
+  x = _noise([5 * CHUNK], seed=6)
+  np.testing.assert_allclose(remote.separate_long(x, batch_size=2),
+                             separator.separate_long(x, CHUNK, remote.chunk_overlap),
+                             atol=1e-5)
+  # File -> gRPC -> files, as `python export/serving_client.py` does, equals the local CLI path.
+  src = str(tmp_path / "mix.wav")
+  audio.write_audio(src, _noise([24000, 2], seed=7), 16000, subtype="FLOAT")
+  got = inference.AudioSeparator(remote).separate_file(src, str(tmp_path / "remote"), subtype="FLOAT")
+  ref = inference.AudioSeparator(separator, chunk_seconds=CHUNK / separator.sample_rate).separate_file(
+      src, str(tmp_path / "local"), subtype="FLOAT")
+  for name in separator.source_names:
+    np.testing.assert_allclose(sf.read(got[name])[0], sf.read(ref[name])[0], atol=1e-5)
+  # The chunk signature (fixed [1, chunk]) serves too.
+  chunked = client_lib.ServingSeparator(server, "toy", signature_name="separate_chunk")
+  np.testing.assert_allclose(chunked.separate(x[None, :CHUNK]), separator.separate(x[None, :CHUNK]).numpy(),
+                             atol=1e-5)
+
+
+def test_grpc_metadata_and_status(server):
+  remote = client_lib.ServingSeparator(server, "toy")
+  req = get_model_metadata_pb2.GetModelMetadataRequest()
+  req.model_spec.name = "toy"
+  req.metadata_field.append("signature_def")
+  resp = remote.stub.GetModelMetadata(req)
+  sig_map = get_model_metadata_pb2.SignatureDefMap()
+  resp.metadata["signature_def"].Unpack(sig_map)
+  assert set(sig_map.signature_def) == {"serving_default", "separate_chunk", "metadata"}
+  assert resp.model_spec.version.value == 1
+  status_req = get_model_status_pb2.GetModelStatusRequest()
+  status_req.model_spec.name = "toy"
+  status = model_service_pb2_grpc.ModelServiceStub(remote.channel).GetModelStatus(status_req)
+  assert status.model_version_status[0].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+
+def test_malformed_requests_then_a_good_one(separator, server):
+  remote = client_lib.ServingSeparator(server, "toy")
+  x = _noise([1, 3000], seed=8)
+  nan = x.copy()
+  nan[0, 10] = np.nan
+  cases = [
+      ("wrong dtype", "serving_default", {"mix": x.astype(np.float64)}, grpc.StatusCode.INVALID_ARGUMENT),
+      ("wrong rank", "serving_default", {"mix": x[0]}, grpc.StatusCode.INVALID_ARGUMENT),
+      ("missing input", "serving_default", {}, grpc.StatusCode.INVALID_ARGUMENT),
+      ("unexpected input", "serving_default", {"mix": x, "gain": x}, grpc.StatusCode.INVALID_ARGUMENT),
+      # TF-Serving answers an unknown signature with FAILED_PRECONDITION (predict_util.cc); so does the stand-in.
+      ("unknown signature", "separate_faster", {"mix": x}, grpc.StatusCode.FAILED_PRECONDITION),
+      ("NaN", "serving_default", {"mix": nan}, grpc.StatusCode.INVALID_ARGUMENT),
+      ("wrong chunk length", "separate_chunk", {"mix": x}, grpc.StatusCode.INVALID_ARGUMENT),
+      ("empty", "serving_default", {"mix": np.zeros([1, 0], np.float32)}, grpc.StatusCode.INVALID_ARGUMENT),
+  ]
+  for what, signature, inputs, code in cases:
+    with pytest.raises(grpc.RpcError) as e:
+      remote.stub.Predict(remote.request(signature, inputs), timeout=30)
+    assert e.value.code() == code, (what, e.value.code(), e.value.details())
+  unknown = remote.request("serving_default", {"mix": x})
+  unknown.model_spec.name = "not_served"
+  with pytest.raises(grpc.RpcError) as e:
+    remote.stub.Predict(unknown, timeout=30)
+  assert e.value.code() == grpc.StatusCode.NOT_FOUND
+  wrong_version = remote.request("serving_default", {"mix": x})
+  wrong_version.model_spec.version.value = 7
+  with pytest.raises(grpc.RpcError) as e:
+    remote.stub.Predict(wrong_version, timeout=30)
+  assert e.value.code() == grpc.StatusCode.NOT_FOUND
+  # Still serving.
+  np.testing.assert_allclose(remote.separate(x), separator.separate(x).numpy(), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- Langevin
+@pytest.mark.slow
+def test_langevin_exports_its_loop(tiny_priors_dir, tmp_path):
+  """The annealed Langevin loop, gradients included, runs inside the exported graph (minutes: slow)."""
+  from vsep_tf.separators.langevin import LangevinSeparator  # pylint: disable=import-outside-toplevel
+  sep = LangevinSeparator.from_model_dir(tiny_priors_dir, num_levels=2, steps_per_level=2, jit_compile=False)
+  path = saved_model_lib.export_saved_model(sep, str(tmp_path), "langevin", chunk_length=1024)
+  saved = [n for n, _ in tf.train.list_variables(os.path.join(path, "variables", "variables"))
+           if n != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+  assert len(saved) == sum(len(p.weights) for p in sep.priors.values())
+  x = _noise([1, 512], seed=9)
+  exported = saved_model_lib.SavedModelSeparator(path)
+  assert exported.source_names == sep.source_names and exported.meta["method"] == "langevin"
+  np.testing.assert_allclose(exported.separate(x).numpy(), sep.separate(x).numpy(), atol=1e-4)
+  ops = {n.op for f in exported.model.signatures["serving_default"].graph.as_graph_def().library.function
+         for n in f.node_def}
+  assert "While" in ops or "StatelessWhile" in ops
