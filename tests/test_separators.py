@@ -195,3 +195,18 @@ def test_variational_distills_a_teacher_then_maximises_the_elbo(tiny_prior_dir, 
   metrics = trainer.train()
   assert int(trainer.step.numpy()) == 10 and trainer.phase == "elbo"
   assert "prior_nll" in metrics and np.isfinite(metrics["total_loss"])
+
+
+def test_init_from_warm_starts_the_encoder(tiny_prior_dir, tmp_path):
+  sup_dir = str(tmp_path / "sup")
+  fv = _fv("--job=supervised", *TINY_ENCODER, *RUN, f"--model_dir={sup_dir}", "--train_steps=5",
+           "--checkpoint_every=5", "--valid_examples=0")
+  source = trainer_lib.get_trainer("supervised")(fv)
+  source.train()
+  fv = _fv("--job=variational", f"--prior_dir={tiny_prior_dir}", f"--init_from={sup_dir}", *TINY_ENCODER, *RUN,
+           f"--model_dir={tmp_path / 'var'}", "--seed=7")
+  trainer = separator_trainer.SeparatorTrainer(fv)
+  assert not np.allclose(trainer.encoder.get_weights()[0], source.encoder.get_weights()[0])
+  trainer.on_first_batch(None)
+  for a, b in zip(trainer.encoder.get_weights(), source.encoder.get_weights()):
+    np.testing.assert_array_equal(a, b)

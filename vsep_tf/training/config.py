@@ -86,6 +86,8 @@ def _define_run_flags(fv: flags.FlagValues):
   flags.DEFINE_string("teacher_dir", None,
                       "variational: a separator model dir (e.g. --job=nmf, learned from SOLO audio like the "
                       "priors) whose estimates on the training MIXES the encoder first imitates.", flag_values=fv)
+  flags.DEFINE_string("init_from", None, "variational / supervised: start a fresh run from the encoder weights of "
+                      "this separator model dir (fine-tuning).", flag_values=fv)
   flags.DEFINE_integer("distill_steps", 0, "variational: steps imitating --teacher_dir before the ELBO steps.",
                        flag_values=fv)
   flags.DEFINE_integer("valid_examples", 16, "Held-out ('valid' split) mixes scored (SI-SDR) at every checkpoint.",

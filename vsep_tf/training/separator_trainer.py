@@ -14,6 +14,8 @@ At every checkpoint the encoder means are scored (SI-SDR per source) on --valid_
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -70,6 +72,16 @@ class SeparatorTrainer(Trainer):
 
       ds = ds.map(lambda b: teach(b["mix"]), num_parallel_calls=tf.data.AUTOTUNE)
     return ds
+
+  def on_first_batch(self, batch):
+    """A fresh run with --init_from starts from that model dir's encoder weights (same architecture)."""
+    del batch
+    if self.fv.init_from:
+      path = tf.train.latest_checkpoint(os.path.join(self.fv.init_from, "checkpoints"))
+      if path is None:
+        raise FileNotFoundError(f"--init_from={self.fv.init_from}: no checkpoint")
+      tf.train.Checkpoint(encoder=self.encoder).restore(path).expect_partial().assert_existing_objects_matched()
+      logging.info("encoder initialised from %s", path)
 
   def train(self, num_steps=None):
     """With a teacher: --distill_steps imitation steps first, then the ELBO steps up to --train_steps."""
