@@ -16,7 +16,8 @@ CORE = [
 EXTRAS = {
     # MUSDB18 loading and BSSEval v4 scoring (need ffmpeg/ffprobe on PATH, see README).
     "musdb": ["musdb>=0.4.3", "museval>=0.4.1"],
-    "tune": ["keras-tuner>=1.4.7"],
+    # --tuner=bayesian needs scikit-learn (keras-tuner[bayesian]); trials.png needs matplotlib.
+    "tune": ["keras-tuner>=1.4.7", "scikit-learn>=1.3", "matplotlib>=3.7"],
     "serving": ["tensorflow-serving-api>=2.17", "grpcio>=1.60"],
     "tflite": ["ai-edge-litert>=1.0"],
     # In-graph decoding/resampling for tf.data. Its last release (0.37.1) only loads with TF 2.16/2.17;
@@ -41,6 +42,7 @@ setup(
     entry_points={
         "console_scripts": [
             "vsep-train=vsep_tf.train:run",
+            "vsep-tune=vsep_tf.tune:run",
             "vsep-evaluate=vsep_tf.evaluate:run",
             "vsep-separate=vsep_tf.separate:run",
             "vsep-export-savedmodel=vsep_tf.export.saved_model:run",

@@ -12,7 +12,9 @@ from vsep_tf import audio
 from vsep_tf.training import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.flags"))
+# configs/tune_*.flags are search configs (python -m vsep_tf.tune; parsed in tests/test_tune.py): train flags
+# plus the search flags, which the train parser rejects.
+RUN_CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.flags") if not p.name.startswith("tune_"))
 TINY = ["--wavenet.num_blocks=1", "--wavenet.num_layers=3", "--wavenet.residual_channels=4",
         "--wavenet.skip_channels=4", "--wavenet.cond_channels=4", "--wavenet.num_mixtures=2",
         "--crop_length=256", "--batch_size=2", "--train_steps=4", "--steps_per_loop=2", "--checkpoint_every=2",

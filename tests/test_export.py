@@ -241,3 +241,14 @@ def test_langevin_exports_its_loop(tiny_priors_dir, tmp_path):
   ops = {n.op for f in exported.model.signatures["serving_default"].graph.as_graph_def().library.function
          for n in f.node_def}
   assert "While" in ops or "StatelessWhile" in ops
+
+
+# ------------------------------------------------------------------------------------------- load test
+def test_load_test_tool_concurrent_with_malformed(server):
+  """A few concurrent requests with malformed ones mixed in: no errors, the malformed ones INVALID_ARGUMENT."""
+  from vsep_tf.export import load_test  # pylint: disable=import-outside-toplevel
+  report = load_test.run_load_test(server, "toy", clients=3, requests=12, length=3000, malformed_every=3,
+                                   pool=2)
+  assert report["errors"] == 0, report["error_examples"]
+  assert report["good_ok"] == 8 and report["malformed_rejected"] == 4 and report["malformed_not_rejected"] == 0
+  assert report["p50_ms"] > 0 and report["p99_ms"] >= report["p50_ms"] and report["throughput_rps"] > 0

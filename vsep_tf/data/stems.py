@@ -25,12 +25,40 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from absl import logging
 
 from vsep_tf import audio
 from vsep_tf.data import base
 from vsep_tf.data import recorded
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
+BAD_AUDIO_POLICIES = ("error", "skip")
+_TAIL_FRAMES = 4096
+
+
+def check_audio_file(path) -> Optional[str]:
+  """Why `path` cannot be trained on (None if it looks sound): unreadable header, a header declaring more
+  data than the file holds (a truncated WAV: libsndfile would silently shorten it), a tail that does not
+  decode (a truncated FLAC), or non-finite samples in the tail. Cheap: the header and the last frames only."""
+  import soundfile as sf  # pylint: disable=import-outside-toplevel
+  try:
+    info = audio.audio_info(path)
+  except audio.AudioError as e:
+    return e.problem
+  try:
+    extra = sf.info(os.fspath(path), True).extra_info or ""
+    if "should be" in extra:
+      return "truncated or corrupt (its header declares more data than the file holds)"
+    with sf.SoundFile(os.fspath(path)) as f:
+      f.seek(max(info.frames - _TAIL_FRAMES, 0))
+      tail = f.read(_TAIL_FRAMES, dtype="float32")
+  except (sf.SoundFileError, RuntimeError, OSError) as e:
+    return f"truncated or corrupt (decoding its end failed: {e})"
+  if len(tail) < min(_TAIL_FRAMES, info.frames):
+    return f"truncated (read {len(tail)} of the last {min(_TAIL_FRAMES, info.frames)} frames)"
+  if not np.isfinite(tail).all():
+    return "contains non-finite (NaN/Inf) samples"
+  return None
 MIXTURE = "mixture"
 
 
@@ -74,6 +102,8 @@ class StemFolder(recorded.RecordedData):
     streaming: True (read excerpts from disk), False (decode to memory), None (by max_memory_mb).
     max_memory_mb: with streaming=None, a split whose decoded stems (float32) exceed this is streamed.
     valid_tracks: train tracks held out as split 'valid' (a count or a list of names).
+    bad_audio: what a corrupt or truncated file does (`check_audio_file`): 'error' raises AudioError naming
+      it; 'skip' drops its whole track with a warning (listed in `skipped_files`, counted by `num_skipped`).
 
   Construction only lists the folders and reads file headers (cheap: builders construct datasets just to
   learn source_names); audio is decoded on the first solo / mixtures / tracks call of a split.
@@ -82,7 +112,12 @@ class StemFolder(recorded.RecordedData):
   def __init__(self, root, sources: Optional[Sequence[str]] = None, sample_rate: Optional[int] = None,
                mix: str = "sum", min_rms: float = 0.0, min_rms_tries: int = 10,
                gain_db: Union[None, float, Tuple[float, float]] = 0.0, streaming: Optional[bool] = None,
-               max_memory_mb: float = 1024.0, valid_tracks: Union[None, int, Sequence[str]] = None):
+               max_memory_mb: float = 1024.0, valid_tracks: Union[None, int, Sequence[str]] = None,
+               bad_audio: str = "error"):
+    if bad_audio not in BAD_AUDIO_POLICIES:
+      raise ValueError(f"bad_audio={bad_audio!r}; choose from {BAD_AUDIO_POLICIES}")
+    self.bad_audio = bad_audio
+    self.skipped_files: List[Tuple[str, str]] = []  # (path, problem) of skipped tracks' bad files
     self.root = os.fspath(root)
     if not os.path.isdir(self.root):
       raise FileNotFoundError(f"stem folder {self.root} does not exist")
@@ -127,6 +162,17 @@ class StemFolder(recorded.RecordedData):
         if not any(s != MIXTURE for s in files):
           raise ValueError(f"track {split}/{name} ({directory}) has no source stems "
                            f"(expected <source>{'|'.join(AUDIO_EXTENSIONS)} files)")
+        problems = [(p, check_audio_file(p)) for p in files.values()]
+        problems = [(p, why) for p, why in problems if why]
+        if problems:
+          if self.bad_audio == "error":
+            path, why = problems[0]
+            raise audio.AudioError(path, f"{why} (track {split}/{name}; pass --bad_audio=skip to skip such "
+                                         "tracks with a warning)")
+          for path, why in problems:
+            logging.warning("skipping track %s/%s: %s: %s", split, name, path, why)
+          self.skipped_files.extend(problems)
+          continue
         track = StemTrack(name=name, split=split, directory=directory, files=files)
         track.infos = {s: audio.audio_info(p) for s, p in files.items()}
         tracks.append(track)
@@ -166,6 +212,11 @@ class StemFolder(recorded.RecordedData):
     if len(rates) > 1:
       raise ValueError(f"files in {self.root} have sample rates {rates}: pass sample_rate to resample to one")
     return rates[0]
+
+  @property
+  def num_skipped(self) -> int:
+    """Number of bad files skipped (bad_audio='skip')."""
+    return len(self.skipped_files)
 
   @property
   def splits(self) -> Tuple[str, ...]:

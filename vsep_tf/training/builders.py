@@ -20,6 +20,8 @@ def dataset_from_config(fv):
     if not fv.data_root:
       raise ValueError("--dataset=stems needs --data_root (a folder {train,test}/<track>/<source>.wav|flac)")
     kwargs = dict(root=fv.data_root, min_rms=fv.min_rms, gain_db=fv.gain_db)
+    if "bad_audio" in fv:
+      kwargs["bad_audio"] = fv.bad_audio
   elif name == "musdb":
     if not fv.musdb_root:
       raise ValueError("--dataset=musdb needs --musdb_root (MUSDB18 or MUSDB18-HQ; it cannot be downloaded here)")

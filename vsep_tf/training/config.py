@@ -28,6 +28,16 @@ def _define_run_flags(fv: flags.FlagValues):
                     "(mix, sources) pairs ('supervised'), per-class NMF dictionaries ('nmf').", flag_values=fv)
   flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                     "tf.distribute strategy. multi_worker reads the cluster from TF_CONFIG.", flag_values=fv)
+  flags.DEFINE_list("worker_hosts", [], "--strategy=multi_worker: 'host:port' of every worker (worker 0 is the "
+                    "chief); sets TF_CONFIG before the strategy is created. Empty: TF_CONFIG from the environment.",
+                    flag_values=fv)
+  flags.DEFINE_integer("task_index", 0, "--strategy=multi_worker with --worker_hosts: this worker's index.",
+                       flag_values=fv)
+  flags.DEFINE_float("collective_timeout_seconds", 0.0,
+                     "--strategy=multi_worker: fail a collective (a lost worker) after this many seconds "
+                     "instead of hanging (0: no timeout).", flag_values=fv)
+  flags.DEFINE_integer("debug_nan_at_step", 0, "Testing aid: replace the batch of this (1-based) step with NaNs "
+                       "(0: off).", flag_values=fv)
   flags.DEFINE_integer("num_cpu_devices", 1,
                        "With --strategy=mirrored and no GPU: split the CPU into this many logical devices.",
                        flag_values=fv)
@@ -47,6 +57,9 @@ def _define_run_flags(fv: flags.FlagValues):
   flags.DEFINE_enum("dataset", "toy", ["toy", "stems", "musdb"], "Dataset family.", flag_values=fv)
   flags.DEFINE_string("data_root", None, "Stem folder root ({train,test}/<track>/<source>.wav|flac).",
                       flag_values=fv)
+  flags.DEFINE_enum("bad_audio", "error", ["error", "skip"],
+                    "--dataset=stems: a corrupt or truncated audio file raises a clear error ('error'), or its "
+                    "track is skipped with a warning and counted ('skip').", flag_values=fv)
   flags.DEFINE_string("musdb_root", None, "MUSDB18 / MUSDB18-HQ root.", flag_values=fv)
   flags.DEFINE_boolean("musdb_is_wav", True, "MUSDB18-HQ (wav) rather than stems .mp4.", flag_values=fv)
   flags.DEFINE_integer("sample_rate", 0, "Model sample rate (0: the dataset's own).", flag_values=fv)

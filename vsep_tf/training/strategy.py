@@ -24,13 +24,30 @@ def configure_cpu_devices(num_devices: int):
         "initialised. Call get_strategy() before creating any tensor.") from e
 
 
-def get_strategy(name: str = "default", num_cpu_devices: int = 1) -> tf.distribute.Strategy:
+def set_tf_config(worker_hosts, task_index: int, task_type: str = "worker") -> str:
+  """Writes TF_CONFIG for a cluster of `worker_hosts` ('host:port' strings; worker 0 is the chief) with this
+  process as `task_type`:`task_index`. Must run before MultiWorkerMirroredStrategy is created. Returns the JSON."""
+  hosts = [h.strip() for h in (worker_hosts.split(",") if isinstance(worker_hosts, str) else worker_hosts)
+           if h.strip()]
+  if not hosts:
+    raise ValueError("worker_hosts is empty")
+  if not 0 <= task_index < len(hosts):
+    raise ValueError(f"task_index={task_index} outside the {len(hosts)} worker hosts")
+  text = json.dumps({"cluster": {"worker": hosts}, "task": {"type": task_type, "index": int(task_index)}})
+  os.environ["TF_CONFIG"] = text
+  return text
+
+
+def get_strategy(name: str = "default", num_cpu_devices: int = 1,
+                 collective_timeout_seconds: float = 0.0) -> tf.distribute.Strategy:
   """The tf.distribute strategy called `name`.
 
   default:      the default (single-device) strategy.
   mirrored:     MirroredStrategy over all GPUs, or over `num_cpu_devices` logical CPU devices when there is no
                 GPU (how the tests and this 2-core machine exercise synchronous data parallelism).
-  multi_worker: MultiWorkerMirroredStrategy; the cluster and this worker's role come from TF_CONFIG.
+  multi_worker: MultiWorkerMirroredStrategy; the cluster and this worker's role come from TF_CONFIG
+                (see set_tf_config). `collective_timeout_seconds` > 0 bounds every collective: a lost peer
+                makes the run fail with DeadlineExceeded/Unavailable instead of hanging.
   """
   if name == "default":
     return tf.distribute.get_strategy()
@@ -44,7 +61,10 @@ def get_strategy(name: str = "default", num_cpu_devices: int = 1) -> tf.distribu
   if name == "multi_worker":
     if "TF_CONFIG" not in os.environ:
       raise ValueError("--strategy=multi_worker needs TF_CONFIG (cluster spec and this worker's task)")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=collective_timeout_seconds if collective_timeout_seconds > 0 else None,
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
   raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")
 
 

@@ -8,6 +8,7 @@ number of replicas. `steps_per_loop` steps run inside one tf.function call.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -20,6 +21,21 @@ from vsep_tf.priors import base as prior_base
 from vsep_tf.training import builders
 from vsep_tf.training import config as config_lib
 from vsep_tf.training import strategy as strategy_lib
+
+
+NAN_BATCH_FILENAME = "nan_batch.npz"
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training stopped on a NaN/Inf loss; `step` is the first offending optimisation step (1-based, the value
+  the step counter would have after it), `batch_index` its batch's index in this run's data stream and
+  `batch_path` where that batch was dumped (chief only; None if not dumped)."""
+
+  def __init__(self, step: int, batch_index: int, batch_path, metrics: dict):
+    self.step, self.batch_index, self.batch_path, self.metrics = step, batch_index, batch_path, metrics
+    where = f"; batch dumped to {batch_path}" if batch_path else ""
+    super().__init__(f"non-finite loss at step {step} (batch index {batch_index} of this run's data "
+                     f"stream{where}): {metrics}")
 
 
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -128,20 +144,36 @@ class Trainer:
 
     @tf.function
     def loop(iterator, num_steps):
+      # Stops after the first step whose (all-reduced, so identical on every worker) loss is not finite:
+      # the step counter then names the offending step, and no further update is applied on top of it.
       sums = tf.zeros([len(keys)])
+      done = tf.constant(0)
+      finite = tf.constant(True)
       for _ in tf.range(num_steps):
         per_replica = strategy.run(self.replica_step, args=(next(iterator),))
-        sums += tf.stack([strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[k], axis=None) for k in keys])
+        values = tf.stack([strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[k], axis=None) for k in keys])
+        sums += values
         self.step.assign_add(1)
-      means = sums / tf.cast(num_steps, tf.float32)
-      return {k: means[i] for i, k in enumerate(keys)}
+        done += 1
+        finite = tf.reduce_all(tf.math.is_finite(values))
+        if not finite:
+          break
+      means = sums / tf.cast(done, tf.float32)
+      return {k: means[i] for i, k in enumerate(keys)}, done
 
     return loop
 
   # ----------------------------------------------------------------------------------------------- train
   def initialize_or_restore(self, first_batch):
     """Restores the latest checkpoint, or runs the data-dependent init (`on_first_batch`) of a fresh run."""
-    restored = self.manager.restore_or_initialize()
+    if self.is_chief:
+      restored = self.manager.restore_or_initialize()
+    else:
+      # Every worker resumes from the CHIEF's checkpoint (the real one; this worker's scratch copy may be
+      # missing or stale), so all workers restart from the same step and weights.
+      restored = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
+      if restored:
+        self.checkpoint.restore(restored)
     if restored:
       logging.info("restored %s at step %d", restored, int(self.step.numpy()))
       return True
@@ -155,8 +187,10 @@ class Trainer:
     self.initialize_or_restore(first_batch)
     if self.is_chief:
       config_lib.save_config(fv, self.model_dir)
-    target = fv.train_steps if num_steps is None else int(self.step.numpy()) + num_steps
-    dist_dataset = self.strategy.experimental_distribute_dataset(self.dataset)
+    start_step = int(self.step.numpy())
+    target = fv.train_steps if num_steps is None else start_step + num_steps
+    dataset = self._debug_nan_dataset(self.dataset, start_step)
+    dist_dataset = self.strategy.experimental_distribute_dataset(dataset)
     iterator = iter(dist_dataset)
     self._loop_fn = self._loop_fn or self._build_loop()
     writer = tf.summary.create_file_writer(os.path.join(self.write_dir, "train"))
@@ -169,11 +203,15 @@ class Trainer:
     while step < target:
       n = min(fv.steps_per_loop, target - step, fv.checkpoint_every - step % fv.checkpoint_every)
       t0 = time.perf_counter()
-      metrics = {k: float(v) for k, v in self._loop_fn(iterator, tf.constant(n)).items()}
+      out, done = self._loop_fn(iterator, tf.constant(n))
+      metrics = {k: float(v) for k, v in out.items()}
       dt = time.perf_counter() - t0
       step = int(self.step.numpy())
-      if not np.isfinite(metrics["total_loss"]):
-        raise FloatingPointError(f"non-finite loss at step {step}: {metrics}")
+      if not all(np.isfinite(v) for v in metrics.values()):
+        batch_index = step - 1 - start_step
+        path = self._dump_batch(dataset, batch_index) if self.is_chief else None
+        writer.flush()
+        raise NonFiniteLossError(step, batch_index, path, metrics)
       rates = {"steps/s": n / dt, "ksamples/s": n * self.samples_per_step / dt / 1e3}
       progbar.update(step, [(k, v) for k, v in {**metrics, **rates}.items() if k != "total_loss"]
                      + [("loss", metrics["total_loss"])])
@@ -189,6 +227,42 @@ class Trainer:
       self.on_end(writer, step)
     writer.flush()
     return metrics
+
+  def weights_checksum(self) -> str:
+    """sha256 of every trained variable's bytes (identical on every worker of a synchronous run)."""
+    h = hashlib.sha256()
+    for v in self.variables:
+      h.update(np.ascontiguousarray(v.numpy()).tobytes())
+    return h.hexdigest()
+
+  # ------------------------------------------------------------------------------------------- debugging
+  def _debug_nan_dataset(self, dataset, start_step: int):
+    """--debug_nan_at_step=S (testing aid): the batch of step S (1-based) becomes NaN."""
+    nan_step = self.fv.debug_nan_at_step if "debug_nan_at_step" in self.fv else 0
+    if nan_step <= start_step:
+      return dataset
+    index = nan_step - 1 - start_step
+
+    def poison(i, batch):
+      bad = tf.equal(i, index)
+      return tf.nest.map_structure(
+          lambda x: tf.where(bad, tf.fill(tf.shape(x), tf.constant(float("nan"), x.dtype)), x)
+          if x.dtype.is_floating else x, batch)
+
+    return dataset.enumerate().map(poison)
+
+  def _dump_batch(self, dataset, batch_index: int):
+    """Writes batch `batch_index` of this run's (deterministic) data stream to <model_dir>/nan_batch.npz."""
+    try:
+      batch = next(iter(dataset.skip(batch_index).take(1)))
+      arrays = {k: np.asarray(v) for k, v in
+                (batch.items() if isinstance(batch, dict) else enumerate(tf.nest.flatten(batch)))}
+      path = os.path.join(self.model_dir, NAN_BATCH_FILENAME)
+      np.savez(path, batch_index=batch_index, **{str(k): v for k, v in arrays.items()})
+      return path
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("could not dump the non-finite batch: %s", e)
+      return None
 
 
 class PriorTrainer(Trainer):
