@@ -36,30 +36,13 @@ def main(argv):
   from vsep_tf import signal as signal_lib  # pylint: disable=import-outside-toplevel
   from vsep_tf.training import builders  # pylint: disable=import-outside-toplevel
   from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
-  from vsep_tf.export import saved_model as saved_model_lib  # pylint: disable=import-outside-toplevel
-  from vsep_tf.export import tflite as tflite_lib  # pylint: disable=import-outside-toplevel
+  from vsep_tf import export as export_lib  # pylint: disable=import-outside-toplevel
   from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
 
   eager = load_separator(FLAGS.model_dir)
   chunk = FLAGS.chunk_length
   overlap = min(eager.chunk_overlap, chunk // 2)
-  base = os.path.join(FLAGS.work_dir, "saved")
-  export_dir = saved_model_lib.export_saved_model(eager, base, "bench", chunk_length=chunk, overwrite=True,
-                                                  version=1)
-  lite = tflite_lib.export_tflite(export_dir, os.path.join(FLAGS.work_dir, "tflite"), "bench",
-                                  ("none", "dynamic", "float16"))
-  variants = {
-      "eager (tf.function)": eager,
-      "SavedModel": saved_model_lib.SavedModelSeparator(export_dir),
-      "TFLite float32": tflite_lib.TFLiteSeparator(lite["none"], num_threads=FLAGS.num_threads),
-      "TFLite dynamic-range int8": tflite_lib.TFLiteSeparator(lite["dynamic"], num_threads=FLAGS.num_threads),
-      "TFLite float16": tflite_lib.TFLiteSeparator(lite["float16"], num_threads=FLAGS.num_threads),
-  }
-  sizes = {"eager (tf.function)": None, "SavedModel": sum(
-      os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(export_dir) for f in fs)}
-  sizes.update({k: os.path.getsize(lite[q]) for k, q in [("TFLite float32", "none"),
-                                                         ("TFLite dynamic-range int8", "dynamic"),
-                                                         ("TFLite float16", "float16")]})
+  variants, sizes, _ = export_lib.export_variants(eager, FLAGS.work_dir, chunk, "bench", FLAGS.num_threads)
 
   # The model's own dataset (toy), on a seed it was not trained on.
   fv = config_lib.load_config(FLAGS.model_dir, [f"--toy_seed={FLAGS.toy_seed}"])

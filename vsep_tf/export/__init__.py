@@ -19,3 +19,40 @@ def load_exported(path: str):
     return TFLiteSeparator(path)
   from vsep_tf.export.saved_model import SavedModelSeparator  # pylint: disable=import-outside-toplevel
   return SavedModelSeparator(path)
+
+
+def export_variants(separator, work_dir: str, chunk_length: int, name: str = "model", num_threads: int = None):
+  """Exports `separator` as a SavedModel (TF-Serving layout, version 1) and as TFLite float32, dynamic-range int8
+  and float16 of its `chunk_length` signature under `work_dir`; returns ({variant: Separator}, {variant: bytes on
+  disk}, saved_model_version_dir). The eager separator itself is the first variant. Used by the benchmarks."""
+  import os  # pylint: disable=import-outside-toplevel
+  from vsep_tf.export import saved_model as saved_model_lib  # pylint: disable=import-outside-toplevel
+  from vsep_tf.export import tflite as tflite_lib  # pylint: disable=import-outside-toplevel
+  export_dir = saved_model_lib.export_saved_model(separator, os.path.join(work_dir, "saved"), name,
+                                                  chunk_length=chunk_length, overwrite=True, version=1)
+  lite = tflite_lib.export_tflite(export_dir, os.path.join(work_dir, "tflite"), name, ("none", "dynamic", "float16"))
+  labels = {"none": "TFLite float32", "dynamic": "TFLite dynamic-range int8", "float16": "TFLite float16"}
+  variants = {"eager (tf.function)": separator, "SavedModel": saved_model_lib.SavedModelSeparator(export_dir)}
+  sizes = {"eager (tf.function)": None,
+           "SavedModel": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(export_dir) for f in fs)}
+  for q, label in labels.items():
+    variants[label] = tflite_lib.TFLiteSeparator(lite[q], num_threads=num_threads)
+    sizes[label] = os.path.getsize(lite[q])
+  return variants, sizes, export_dir
+
+
+def chunk_flops(saved_model_dir: str) -> tuple:
+  """(float operations of one call of the export's fixed-length `separate_chunk` signature, its chunk length),
+  counted by TensorFlow's graph profiler on the frozen, inlined graph (multiply-add = 2 FLOPs)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=import-outside-toplevel
+  from vsep_tf.export import saved_model as saved_model_lib  # pylint: disable=import-outside-toplevel
+  from vsep_tf.export import tflite as tflite_lib  # pylint: disable=import-outside-toplevel
+  loaded = tf.saved_model.load(saved_model_lib.version_dir(saved_model_dir))  # keeps the variables alive
+  fn = loaded.signatures[tflite_lib.SIGNATURE]
+  chunk = int(fn.structured_input_signature[1]["mix"].shape[1])
+  frozen = convert_to_constants.convert_variables_to_constants_v2(fn)
+  opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+  opts["output"] = "none"
+  info = tf.compat.v1.profiler.profile(frozen.graph, options=opts)
+  return int(info.total_float_ops), chunk

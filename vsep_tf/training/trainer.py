@@ -78,6 +78,7 @@ class Trainer:
     self.data = builders.dataset_from_config(fv)
     self.source_names = tuple(self.data.source_names)
     self.global_batch = fv.batch_size
+    self.loop_times = []  # (steps, seconds) of every tf.function loop call: throughput without checkpoint I/O
     replicas = self.strategy.num_replicas_in_sync
     if self.global_batch % replicas:
       raise ValueError(f"--batch_size={self.global_batch} must divide evenly over {replicas} replicas")
@@ -212,6 +213,7 @@ class Trainer:
         path = self._dump_batch(dataset, batch_index) if self.is_chief else None
         writer.flush()
         raise NonFiniteLossError(step, batch_index, path, metrics)
+      self.loop_times.append((n, dt))
       rates = {"steps/s": n / dt, "ksamples/s": n * self.samples_per_step / dt / 1e3}
       progbar.update(step, [(k, v) for k, v in {**metrics, **rates}.items() if k != "total_loss"]
                      + [("loss", metrics["total_loss"])])
