@@ -88,6 +88,26 @@ def test_encoder_outputs_are_consistent_and_local():
   assert diff[:250 - half].max() == 0 and diff[250 + half + 1:].max() == 0
 
 
+def test_framed_encoder_is_consistent_local_per_frame_and_rebuilds():
+  # frame_size=8: the WaveNet steps over frames of 8 samples; any length (501 is not a multiple of 8) comes back.
+  enc = encoder_lib.build_encoder(3, "mean", num_blocks=1, num_layers=3, residual_channels=8, skip_channels=8,
+                                  frame_size=8)
+  m = tf.random.normal([2, 501])
+  mean, log_std = enc(m)
+  assert mean.shape == (2, 3, 501) and log_std.shape == (2, 3, 501)
+  np.testing.assert_allclose(tf.reduce_mean(mean, 1).numpy(), m.numpy(), atol=1e-5)
+  assert enc.receptive_field == (2 * (1 + 2 + 4) + 1) * 8
+  # Sample 250 lies in frame 31; the WaveNet's reach is 7 frames either side, so exactly frames 24..38 move.
+  m2 = tf.tensor_scatter_nd_update(m, [[0, 250]], [5.0])
+  diff = np.abs(enc(m2)[0].numpy() - mean.numpy())[0].max(0)
+  assert diff[24 * 8:39 * 8].max() > 0 and diff[24 * 8:39 * 8].min() > 0
+  assert diff[:24 * 8].max() == 0 and diff[39 * 8:].max() == 0
+  clone = encoder_lib.SeparationEncoder.from_config(enc.get_config())
+  assert clone.frame_size == 8 and clone.receptive_field == enc.receptive_field
+  with pytest.raises(ValueError, match="frame_size"):
+    encoder_lib.build_encoder(2, "sum", frame_size=0)
+
+
 def test_elbo_gradients_reach_the_encoder_only():
   enc = encoder_lib.build_encoder(2, "sum", num_blocks=1, num_layers=2, residual_channels=4, skip_channels=4)
   priors = [WhiteGaussianPrior(1.0), WhiteGaussianPrior(0.5)]
@@ -210,3 +230,31 @@ def test_init_from_warm_starts_the_encoder(tiny_prior_dir, tmp_path):
   trainer.on_first_batch(None)
   for a, b in zip(trainer.encoder.get_weights(), source.encoder.get_weights()):
     np.testing.assert_array_equal(a, b)
+
+
+def test_sleep_phase_trains_on_prior_samples_only(tiny_prior_dir, tmp_path):
+  """--sleep_steps: mixes of samples DRAWN FROM THE PRIORS (cached bank), then the ELBO on real mixes."""
+  model_dir = str(tmp_path / "var")
+  fv = _fv("--job=variational", f"--prior_dir={tiny_prior_dir}", "--sleep_steps=4", "--sleep_bank_size=3",
+           *TINY_ENCODER, *RUN, f"--model_dir={model_dir}", "--train_steps=6", "--checkpoint_every=2")
+  trainer = separator_trainer.SeparatorTrainer(fv)
+  bank = trainer.bank
+  assert bank.shape == (4, 3, 2 * 512) and np.all(np.isfinite(bank))
+  with np.load(f"{model_dir}/prior_samples.npz") as f:
+    np.testing.assert_array_equal(f["samples"], bank)
+  # The bank is the priors' own: re-drawing with the same seed gives the same samples.
+  np.testing.assert_allclose(trainer.priors[0].sample(3, 1024, sigma=0.0, seed=fv.seed * 1000).numpy(), bank[0],
+                             atol=1e-6)
+  batch = next(iter(trainer.sleep_dataset()))
+  assert batch["sources"].shape == (4, 4, 512)
+  np.testing.assert_allclose(batch["mix"].numpy(), batch["sources"].numpy().mean(1), atol=1e-6)
+  for k in range(4):  # every source crop is a crop of one of its class's bank samples
+    for s in batch["sources"].numpy()[:, k]:
+      assert any(np.allclose(s, row[o:o + 512]) for row in bank[k] for o in range(1024 - 512 + 1))
+  assert set(next(iter(trainer.dataset))) == {"mix"}  # the real data still carries mixes only
+  assert trainer.phases() == [("sleep", 4), ("elbo", 6)]
+  metrics = trainer.train()
+  assert int(trainer.step.numpy()) == 6 and trainer.phase == "elbo" and "prior_nll" in metrics
+  # A restart reuses the cached bank instead of sampling again.
+  again = separator_trainer.SeparatorTrainer(fv)
+  np.testing.assert_array_equal(again.bank, bank)

@@ -35,7 +35,7 @@ class SeparationEncoder(keras.Model):
 
   def __init__(self, num_sources: int, mix: str, num_blocks: int = 2, num_layers: int = 10,
                residual_channels: int = 32, skip_channels: int = 64, kernel_size: int = 3,
-               init_log_std: float = -3.0, min_log_std: float = -9.0, **kwargs):
+               init_log_std: float = -3.0, min_log_std: float = -9.0, frame_size: int = 1, **kwargs):
     super().__init__(**kwargs)
     self.num_sources = int(num_sources)
     self.mix = mixing.check_mix(mix)
@@ -43,20 +43,33 @@ class SeparationEncoder(keras.Model):
     self.residual_channels, self.skip_channels = int(residual_channels), int(skip_channels)
     self.kernel_size = int(kernel_size)
     self.init_log_std, self.min_log_std = float(init_log_std), float(min_log_std)
+    self.frame_size = int(frame_size)
+    if self.frame_size < 1:
+      raise ValueError(f"frame_size must be >= 1, got {frame_size}")
     self.wavenet = WaveNet(self.num_blocks, self.num_layers, self.residual_channels, self.skip_channels,
-                           out_channels=2 * self.num_sources, kernel_size=self.kernel_size, causal=False,
-                           name="wavenet")
-    self.wavenet.build((None, None, 1))
+                           out_channels=2 * self.num_sources * self.frame_size, kernel_size=self.kernel_size,
+                           causal=False, name="wavenet")
+    self.wavenet.build((None, None, self.frame_size))
     self.built = True
 
   @property
   def receptive_field(self) -> int:
-    return self.wavenet.receptive_field
+    return self.wavenet.receptive_field * self.frame_size
 
   def call(self, mix, training=False):
     del training
     mix = tf.convert_to_tensor(mix, tf.float32)
-    h = tf.transpose(self.wavenet(mix[..., None]), [0, 2, 1])  # [batch, 2N, T]
+    if self.frame_size == 1:
+      h = self.wavenet(mix[..., None])  # [batch, T, 2N]
+    else:
+      # Space-to-depth: frames of `frame_size` samples are the WaveNet's time steps (its FLOPs per second of
+      # audio and its memory shrink by the frame size, its receptive field in samples grows by it); every
+      # frame's output channels are its samples' 2N values (depth-to-space back).
+      batch, length = tf.shape(mix)[0], tf.shape(mix)[1]
+      padded = tf.pad(mix, [[0, 0], [0, (-length) % self.frame_size]])
+      h = self.wavenet(tf.reshape(padded, [batch, -1, self.frame_size]))
+      h = tf.reshape(h, [batch, -1, 2 * self.num_sources])[:, :length]
+    h = tf.transpose(h, [0, 2, 1])  # [batch, 2N, T]
     mean = consistency_projection(h[:, :self.num_sources], mix, self.mix)
     log_std = tf.maximum(self.init_log_std + h[:, self.num_sources:], self.min_log_std)
     return mean, log_std
@@ -66,19 +79,22 @@ class SeparationEncoder(keras.Model):
     config.update(num_sources=self.num_sources, mix=self.mix, num_blocks=self.num_blocks,
                   num_layers=self.num_layers, residual_channels=self.residual_channels,
                   skip_channels=self.skip_channels, kernel_size=self.kernel_size,
-                  init_log_std=self.init_log_std, min_log_std=self.min_log_std)
+                  init_log_std=self.init_log_std, min_log_std=self.min_log_std, frame_size=self.frame_size)
     return config
 
 
 def build_encoder(num_sources, mix, num_blocks: int = 2, num_layers: int = 10, residual_channels: int = 32,
-                  skip_channels: int = 64, kernel_size: int = 3, init_log_std: float = -3.0) -> SeparationEncoder:
+                  skip_channels: int = 64, kernel_size: int = 3, init_log_std: float = -3.0,
+                  frame_size: int = 1) -> SeparationEncoder:
   """Encoder factory ('--encoder.<arg>' flags; num_sources and mix come from the dataset).
 
   Defaults: 2 blocks x 10 layers of kernel 3, receptive field 4093 samples (0.28 s at 14.7 kHz).
+  frame_size > 1 runs the WaveNet on non-overlapping frames of that many samples (space-to-depth): FLOPs per
+  second of audio / frame_size (plus the wider input and output 1x1 layers), receptive field x frame_size.
   """
   return SeparationEncoder(num_sources, mix, num_blocks=num_blocks, num_layers=num_layers,
                            residual_channels=residual_channels, skip_channels=skip_channels,
-                           kernel_size=kernel_size, init_log_std=init_log_std)
+                           kernel_size=kernel_size, init_log_std=init_log_std, frame_size=frame_size)
 
 
 # ------------------------------------------------------------------------------------------------- losses

@@ -103,6 +103,17 @@ def _define_run_flags(fv: flags.FlagValues):
                       "this separator model dir (fine-tuning).", flag_values=fv)
   flags.DEFINE_integer("distill_steps", 0, "variational: steps imitating --teacher_dir before the ELBO steps.",
                        flag_values=fv)
+  flags.DEFINE_integer("sleep_steps", 0,
+                       "variational: steps of the wake-sleep 'sleep' phase before the ELBO steps: the encoder learns "
+                       "to split mixes of SAMPLES DRAWN FROM THE FROZEN PRIORS (loss -SI-SDR against those samples; "
+                       "amortised inference on the priors' own joint p(s) p(m | s), no real sources).",
+                       flag_values=fv)
+  flags.DEFINE_integer("sleep_bank_size", 64, "variational: prior samples drawn per source class for --sleep_steps "
+                       "(cached in <model_dir>/prior_samples.npz; mixes combine them at random).", flag_values=fv)
+  flags.DEFINE_integer("sleep_bank_length", 0, "variational: length of every prior sample (0: 2 x --crop_length).",
+                       flag_values=fv)
+  flags.DEFINE_float("sleep_temperature", 1.0, "variational: sampling temperature of the prior samples.",
+                     flag_values=fv)
   flags.DEFINE_integer("valid_examples", 16, "Held-out ('valid' split) mixes scored (SI-SDR) at every checkpoint.",
                        flag_values=fv)
   flags.DEFINE_float("langevin_mix_weight", 1.0, "Langevin: lambda = weight / sigma^2 on ||f(x) - m||^2.",

@@ -7,6 +7,10 @@
   on the same training mixes (loss -SI-SDR against them): a starting point inside the right basin for the
   ELBO. The teacher must use no more supervision than the priors (e.g. --job=nmf: per-class dictionaries
   from solo audio), so the pipeline stays free of (mix, sources) pairs.
+  With --sleep_steps=K, the very first K steps are the 'sleep' phase of wake-sleep: --sleep_bank_size waveforms
+  are drawn from each frozen prior (once; cached in <model_dir>/prior_samples.npz), and the encoder learns to
+  split random mixes of them back into those samples (loss -SI-SDR). That is amortised inference fitted on the
+  priors' own generative model p(s) p(m | s): everything it knows about the sources comes from the priors.
 --job=supervised: (mix, sources) pairs, loss = -SI-SDR: the reference the unsupervised separator chases.
 
 At every checkpoint the encoder means are scored (SI-SDR per source) on --valid_examples mixes of the
@@ -49,7 +53,10 @@ class SeparatorTrainer(Trainer):
         prior.trainable = False
       self.priors = [priors[name] for name in self.source_names]
     self.teacher = None
+    self.bank = None
     self.phase = "elbo" if self.variational else "supervised"
+    if self.variational and fv.sleep_steps > 0:
+      self.bank = self.prior_sample_bank()
     if self.variational and fv.teacher_dir and fv.distill_steps > 0:
       from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
       self.teacher = load_separator(fv.teacher_dir)
@@ -73,6 +80,54 @@ class SeparatorTrainer(Trainer):
       ds = ds.map(lambda b: teach(b["mix"]), num_parallel_calls=tf.data.AUTOTUNE)
     return ds
 
+  def prior_sample_bank(self) -> np.ndarray:
+    """[N, bank_size, length] noiseless samples of the frozen priors, drawn once and cached in the model dir."""
+    fv = self.fv
+    length = fv.sleep_bank_length or 2 * fv.crop_length
+    path = os.path.join(self.model_dir, "prior_samples.npz")
+    if os.path.exists(path):
+      with np.load(path) as f:
+        bank = f["samples"]
+      if bank.shape == (len(self.source_names), fv.sleep_bank_size, length):
+        return bank
+    samples = []
+    for k, prior in enumerate(self.priors):
+      x = prior.sample(fv.sleep_bank_size, length, sigma=0.0, temperature=fv.sleep_temperature,
+                       seed=fv.seed * 1000 + k).numpy()
+      if not np.all(np.isfinite(x)):
+        raise FloatingPointError(f"prior {self.source_names[k]} drew non-finite samples")
+      logging.info("prior samples %s: rms %.3f, peak %.3f", self.source_names[k], float(np.sqrt(np.mean(x ** 2))),
+                   float(np.abs(x).max()))
+      samples.append(x.astype(np.float32))
+    bank = np.stack(samples)
+    if self.is_chief:
+      os.makedirs(self.model_dir, exist_ok=True)
+      tmp = path + ".tmp.npz"
+      np.savez(tmp, samples=bank, source_names=np.array(self.source_names))
+      os.replace(tmp, path)
+    return bank
+
+  def sleep_dataset(self):
+    """Random mixes of prior samples: every example takes, per class, a random bank entry and crop offset."""
+    fv = self.fv
+    bank = tf.constant(self.bank)  # [N, B, L]
+    n, size, length = self.bank.shape
+    crop, batch = fv.crop_length, self.global_batch
+    mix_fn = self.encoder.mix
+
+    def make(i):
+      seeds = tf.stack([tf.cast(fv.seed, tf.int64) + 7919, i])
+      idx = tf.random.stateless_uniform([batch, n], seeds, maxval=size, dtype=tf.int32)
+      off = tf.random.stateless_uniform([batch, n], seeds + 1, maxval=length - crop + 1, dtype=tf.int32)
+      cls = tf.broadcast_to(tf.range(n)[None], [batch, n])
+      rows = tf.gather_nd(bank, tf.stack([cls, idx], -1))  # [batch, n, L]
+      t = off[..., None] + tf.range(crop)[None, None]
+      sources = tf.gather(rows, t, batch_dims=2)  # [batch, n, crop]
+      from vsep_tf.data import mixing  # pylint: disable=import-outside-toplevel
+      return {"mix": mixing.mix_sources(sources, mix_fn), "sources": sources}
+
+    return tf.data.Dataset.range(2 ** 62).map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
   def on_first_batch(self, batch):
     """A fresh run with --init_from starts from that model dir's encoder weights (same architecture)."""
     del batch
@@ -83,19 +138,37 @@ class SeparatorTrainer(Trainer):
       tf.train.Checkpoint(encoder=self.encoder).restore(path).expect_partial().assert_existing_objects_matched()
       logging.info("encoder initialised from %s", path)
 
+  def phases(self) -> list:
+    """[(phase, last step)] of this run: sleep (--sleep_steps), distill (--distill_steps), then the main loss."""
+    fv, out, end = self.fv, [], 0
+    if self.bank is not None:
+      end += fv.sleep_steps
+      out.append(("sleep", end))
+    if self.teacher is not None:
+      end += fv.distill_steps
+      out.append(("distill", end))
+    out.append(("elbo" if self.variational else "supervised", max(fv.train_steps, end)))
+    return out
+
   def train(self, num_steps=None):
-    """With a teacher: --distill_steps imitation steps first, then the ELBO steps up to --train_steps."""
-    if self.teacher is not None and num_steps is None:
-      remaining = self.fv.distill_steps - int(self.step.numpy())
-      if remaining > 0:
-        self.phase, self._loop_fn = "distill", None
-        super().train(num_steps=remaining)
-        self.phase, self._loop_fn = "elbo", None
-    return super().train(num_steps)
+    """Runs the phases in order (resuming inside the one the checkpoint's step falls in) up to --train_steps."""
+    if num_steps is not None:
+      return super().train(num_steps)
+    metrics = {}
+    main_dataset = self.dataset
+    for phase, end in self.phases():
+      remaining = end - int(self.step.numpy())
+      if remaining <= 0:
+        continue
+      self.phase, self._loop_fn = phase, None
+      self.dataset = self.sleep_dataset() if phase == "sleep" else main_dataset
+      metrics = super().train(num_steps=remaining)
+    self.dataset = main_dataset
+    return metrics
 
   @property
   def loss_keys(self):
-    if self.phase == "distill":
+    if self.phase in ("distill", "sleep"):
       return ("si_sdr", "total_loss")
     if self.variational:
       return ("prior_nll", "mix_nll", "neg_entropy", "sigma_prior", "total_loss")
@@ -104,7 +177,7 @@ class SeparatorTrainer(Trainer):
   def sigma_prior(self):
     """The prior noise level, annealed over the ELBO steps (after any distillation steps)."""
     fv = self.fv
-    start = fv.distill_steps if self.teacher is not None else 0
+    start = (fv.distill_steps if self.teacher is not None else 0) + (fv.sleep_steps if self.bank is not None else 0)
     return encoder_lib.annealed_sigma(self.step - start, int(fv.elbo_anneal_fraction * (fv.train_steps - start)),
                                       fv.elbo_sigma_start, fv.elbo_sigma_end)
 
@@ -113,6 +186,8 @@ class SeparatorTrainer(Trainer):
     with tf.GradientTape() as tape:
       if self.phase == "distill":
         per_example = encoder_lib.supervised_losses(self.encoder, batch["mix"], batch["teacher"])
+      elif self.phase == "sleep":  # prior samples, never real sources
+        per_example = encoder_lib.supervised_losses(self.encoder, batch["mix"], batch["sources"])
       elif self.variational:
         sigma = self.sigma_prior()
         per_example = encoder_lib.elbo_losses(self.encoder, self.priors, batch["mix"], sigma,
