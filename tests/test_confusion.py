@@ -70,3 +70,15 @@ def test_tool_on_a_trained_model_dir(tmp_path):
   # the trained toy seed is refused as a held-out seed
   proc = subprocess.run(cmd[:4] + ["--seed=0"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and "trained on" in proc.stderr
+
+
+def test_tonal_stats_separates_tones_from_noise():
+  from vsep_tf.evaluation.confusion import tonal_stats  # pylint: disable=import-outside-toplevel
+  rate = 14700
+  t = np.arange(rate) / rate
+  sine = np.stack([np.sin(2 * np.pi * f * t) for f in (110.0, 440.0)])
+  noise = np.random.default_rng(0).standard_normal((2, rate))
+  s, n = tonal_stats(sine, rate), tonal_stats(noise, rate)
+  assert s["peak_share"] > 0.95 and n["peak_share"] < 0.01
+  assert abs(s["peak_hz"] - 275.0) < 2.0  # the median of the two peaks (110 and 440 Hz)
+  assert abs(s["peak_abs"] - 1.0) < 1e-3

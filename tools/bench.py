@@ -42,9 +42,11 @@ flags.DEFINE_list("sections", list(SECTIONS), f"Which of {SECTIONS} to run.")
 flags.DEFINE_string("work_dir", None, "Scratch directory (default: a new temporary one).")
 flags.DEFINE_string("encoder_dir", None, "A trained --job=variational/supervised model dir (default: built).")
 flags.DEFINE_string("priors_dir", None, "A trained --job=priors model dir (default: built).")
+flags.DEFINE_list("encoder_flags", [], "Extra vsep_tf.train flags of the built encoder, e.g. "
+                  "'--encoder.frame_size=16,--encoder.num_layers=8' (an architecture variant).")
 flags.DEFINE_integer("sample_rate", 16000, "Sample rate of the built models and of the benchmark audio.")
 flags.DEFINE_float("rtf_seconds", 60.0, "Audio length for the real-time factors.")
-flags.DEFINE_float("langevin_seconds", 1.0, "Audio length for the (slow) Langevin separator.")
+flags.DEFINE_float("langevin_seconds", 1.0, "Audio length for the (slow) Langevin separator (0: skip it).")
 flags.DEFINE_integer("langevin_steps_per_level", 20, "Langevin schedule for the benchmark (x 10 levels).")
 flags.DEFINE_list("memory_minutes", ["1", "5", "10"], "Track lengths for the peak-RSS measurement.")
 flags.DEFINE_list("batch_sizes", ["1", "2", "4", "8", "16", "32"], "Prior training batch sizes.")
@@ -87,7 +89,7 @@ def build_model_dirs(work_dir: str) -> tuple:
   """Default-architecture encoder and priors at --sample_rate, 2 training steps each (speed only)."""
   dirs = []
   for name, flagfile, extra in [
-      ("encoder", "configs/toy_supervised.flags", ["--valid_examples=0"]),
+      ("encoder", "configs/toy_supervised.flags", ["--valid_examples=0", *FLAGS.encoder_flags]),
       ("priors", "configs/toy.flags", ["--audio_summary_seconds=0"])]:
     model_dir = os.path.join(work_dir, name)
     log(f"building the default {name} ({flagfile}, 2 steps) in {model_dir}")
@@ -140,6 +142,8 @@ def section_rtf(encoder_dir, priors_dir, work_dir) -> dict:
     out["variants"][name] = {"rtf": rtf, "x_real_time": 1 / rtf, "bytes": sizes.get(name),
                              "max_rel_deviation_from_eager": dev}
     log(f"rtf {name}: {rtf:.4f} ({1 / rtf:.0f}x real time)")
+  if FLAGS.langevin_seconds <= 0:
+    return out
   lang = load_separator(priors_dir, [f"--langevin_steps_per_level={FLAGS.langevin_steps_per_level}"])
   n = int(FLAGS.langevin_seconds * lang.sample_rate)
   x = bench_audio(FLAGS.langevin_seconds, lang.sample_rate)[None]
@@ -272,7 +276,10 @@ def worker_training() -> dict:
 def markdown(res: dict) -> str:
   m = res["machine"]
   lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, TensorFlow {m['tensorflow']}, "
-           f"Python {m['python']}. Command: `python -m tools.bench` ({res['date']}).", ""]
+           f"Python {m['python']}. Command: `python -m tools.bench` ({res['date']}).",
+           f"Variational encoder: {res['models']['weights']}"
+           + (f", flags {' '.join(res['models']['encoder_flags'])}" if res["models"].get("encoder_flags") else
+              ", configs/toy_variational.flags architecture (2 x 10 layers, 32 / 64 channels)") + ".", ""]
   rtf = res.get("rtf")
   if rtf:
     lines += [f"**Separation speed** ({rtf['audio_seconds']:.0f} s of audio at {rtf['sample_rate']} Hz; "
@@ -283,9 +290,10 @@ def markdown(res: dict) -> str:
       size = "-" if v["bytes"] is None else f"{v['bytes'] / 2 ** 20:.2f} MiB"
       lines.append(f"| variational, {name} | {v['rtf']:.4f} | {v['x_real_time']:.0f}x | {size} | "
                    f"{v['max_rel_deviation_from_eager']:.1e} |")
-    lv = rtf["langevin"]
-    lines.append(f"| Langevin ({lv['gradient_steps']} gradient steps, {lv['audio_seconds']:g} s) | {lv['rtf']:.2f} | "
-                 f"{1 / lv['rtf']:.2f}x | - | - |")
+    lv = rtf.get("langevin")
+    if lv:
+      lines.append(f"| Langevin ({lv['gradient_steps']} gradient steps, {lv['audio_seconds']:g} s) | {lv['rtf']:.2f} | "
+                   f"{1 / lv['rtf']:.2f}x | - | - |")
   peers = res.get("peers")
   if peers:
     if "error" in peers:
@@ -339,7 +347,7 @@ def plot(res: dict, path: str) -> None:
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
   bars = [(name.replace(" (tf.function)", ""), v["rtf"], "C0")
           for name, v in res.get("rtf", {}).get("variants", {}).items()]
-  if "rtf" in res:
+  if "langevin" in res.get("rtf", {}):
     bars.append(("Langevin", res["rtf"]["langevin"]["rtf"], "C3"))
   bars += [(name, v["rtf"], "C1") for name, v in res.get("peers", {}).items() if isinstance(v, dict) and "rtf" in v]
   ax = axes[0]
@@ -387,7 +395,7 @@ def main(argv):
   if not (encoder_dir and priors_dir) and {"rtf", "memory", "flops"} & set(FLAGS.sections):
     built = build_model_dirs(work_dir)
     encoder_dir, priors_dir = encoder_dir or built[0], priors_dir or built[1]
-  res["models"] = {"encoder_dir": encoder_dir, "priors_dir": priors_dir,
+  res["models"] = {"encoder_dir": encoder_dir, "priors_dir": priors_dir, "encoder_flags": FLAGS.encoder_flags,
                    "weights": "given" if FLAGS.encoder_dir else "default architecture, 2 training steps"}
   if "rtf" in FLAGS.sections or "flops" in FLAGS.sections:
     res["rtf"] = section_rtf(encoder_dir, priors_dir, work_dir)

@@ -128,3 +128,16 @@ def plot_heatmaps(table, names, sigmas, path):
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def tonal_stats(x: np.ndarray, rate: int) -> dict:
+  """How tonal waveforms x [num, time] are (a check of prior samples, tools/prior_samples.py): medians over
+  the waveforms of the peak share (fraction of spectral energy within +-3 bins of the strongest peak of a Hann
+  windowed spectrum: ~1 for a pure tone, ~0 for noise), the peak frequency (Hz) and the peak |x|."""
+  x = x - x.mean(-1, keepdims=True)
+  spec = np.abs(np.fft.rfft(x * np.hanning(x.shape[-1]), axis=-1)) ** 2
+  freqs = np.fft.rfftfreq(x.shape[-1], 1.0 / rate)
+  top = spec.argmax(-1)
+  share = [spec[i, max(0, j - 3):j + 4].sum() / max(spec[i].sum(), 1e-20) for i, j in enumerate(top)]
+  return {"peak_share": float(np.median(share)), "peak_hz": float(np.median(freqs[top])),
+          "peak_abs": float(np.median(np.abs(x).max(-1)))}
