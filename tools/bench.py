@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 r"""Benchmarks: speed and memory of vsep-tf against peers, side by side, in one run on this machine.
 
-  python -m tools.bench                                    # everything, ~15 min on 2 cores
+  python -m tools.bench                                    # everything, ~25 min on 2 cores
   python -m tools.bench --sections=rtf,flops --rtf_seconds=20
 
 Sections (--sections):
@@ -79,10 +79,13 @@ def machine() -> dict:
           "tensorflow": tf.__version__, "platform": platform.platform()}
 
 
+def child_env() -> dict:
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+
+
 def run_python(args, **kwargs) -> subprocess.CompletedProcess:
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, check=False,
-                        **kwargs)
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                        check=False, **kwargs)
 
 
 def build_model_dirs(work_dir: str) -> tuple:
@@ -210,11 +213,10 @@ def section_memory(encoder_dir, work_dir) -> dict:
     audio.write_audio(path, bench_audio(60 * minutes, FLAGS.sample_rate, seed=1), FLAGS.sample_rate,
                       overwrite=True)
     out_dir = os.path.join(work_dir, f"separated_{minutes:g}")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     t0 = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "vsep_tf.separate", f"--model_dir={encoder_dir}",
                               f"--input={path}", f"--output_dir={out_dir}", "--overwrite", "--noprogress"],
-                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage: its peak RSS, not the parent's
     wall = time.perf_counter() - t0
     stderr = child.stderr.read().decode(errors="replace")

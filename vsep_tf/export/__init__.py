@@ -45,13 +45,9 @@ def chunk_flops(saved_model_dir: str) -> tuple:
   """(float operations of one call of the export's fixed-length `separate_chunk` signature, its chunk length),
   counted by TensorFlow's graph profiler on the frozen, inlined graph (multiply-add = 2 FLOPs)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from tensorflow.python.framework import convert_to_constants  # pylint: disable=import-outside-toplevel
   from vsep_tf.export import saved_model as saved_model_lib  # pylint: disable=import-outside-toplevel
   from vsep_tf.export import tflite as tflite_lib  # pylint: disable=import-outside-toplevel
-  loaded = tf.saved_model.load(saved_model_lib.version_dir(saved_model_dir))  # keeps the variables alive
-  fn = loaded.signatures[tflite_lib.SIGNATURE]
-  chunk = int(fn.structured_input_signature[1]["mix"].shape[1])
-  frozen = convert_to_constants.convert_variables_to_constants_v2(fn)
+  frozen, chunk = tflite_lib.frozen_chunk_function(saved_model_lib.version_dir(saved_model_dir))
   opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
   opts["output"] = "none"
   info = tf.compat.v1.profiler.profile(frozen.graph, options=opts)

@@ -36,22 +36,27 @@ QUANTIZATIONS = {"none": "f32", "dynamic": "dynamic", "float16": "f16"}
 SIGNATURE = "separate_chunk"
 
 
-def _frozen_chunk_module(saved_model_dir: str):
-  """A tf.Module whose `separate_chunk` is the export's chunk signature with its variables frozen."""
+def frozen_chunk_function(saved_model_dir: str):
+  """(the export's `separate_chunk` signature with its variables frozen to constants, its chunk length)."""
   # convert_variables_to_constants_v2 has no public tf.* alias; it is what TFLite's own converter uses.
   from tensorflow.python.framework import convert_to_constants  # pylint: disable=import-outside-toplevel
-  loaded = tf.saved_model.load(saved_model_dir)
+  loaded = tf.saved_model.load(saved_model_dir)  # must outlive the conversion: it owns the variables
   fn = loaded.signatures[SIGNATURE]
-  spec = fn.structured_input_signature[1]["mix"]
-  frozen = convert_to_constants.convert_variables_to_constants_v2(fn)
+  chunk = int(fn.structured_input_signature[1]["mix"].shape[1])
+  return convert_to_constants.convert_variables_to_constants_v2(fn), chunk
+
+
+def _frozen_chunk_module(saved_model_dir: str):
+  """A tf.Module whose `separate_chunk` is the export's chunk signature with its variables frozen."""
+  frozen, chunk = frozen_chunk_function(saved_model_dir)
 
   class Frozen(tf.Module):
 
-    @tf.function(input_signature=[tf.TensorSpec(spec.shape, tf.float32, name="mix")])
+    @tf.function(input_signature=[tf.TensorSpec([1, chunk], tf.float32, name="mix")])
     def separate_chunk(self, mix):
       return {"sources": frozen(mix=mix)[0]}
 
-  return Frozen(), int(spec.shape[1])
+  return Frozen(), chunk
 
 
 def convert(saved_model_dir: str, quantize: str = "none") -> bytes:

@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import logging
 
 from vsep_tf import signal as signal_lib
+from vsep_tf.data import mixing
 from vsep_tf.separators import encoder as encoder_lib
 from vsep_tf.training import builders
 from vsep_tf.training import config as config_lib
@@ -123,7 +124,6 @@ class SeparatorTrainer(Trainer):
       rows = tf.gather_nd(bank, tf.stack([cls, idx], -1))  # [batch, n, L]
       t = off[..., None] + tf.range(crop)[None, None]
       sources = tf.gather(rows, t, batch_dims=2)  # [batch, n, crop]
-      from vsep_tf.data import mixing  # pylint: disable=import-outside-toplevel
       return {"mix": mixing.mix_sources(sources, mix_fn), "sources": sources}
 
     return tf.data.Dataset.range(2 ** 62).map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
@@ -177,7 +177,7 @@ class SeparatorTrainer(Trainer):
   def sigma_prior(self):
     """The prior noise level, annealed over the ELBO steps (after any distillation steps)."""
     fv = self.fv
-    start = (fv.distill_steps if self.teacher is not None else 0) + (fv.sleep_steps if self.bank is not None else 0)
+    start = ([0] + [end for _, end in self.phases()[:-1]])[-1]  # the ELBO starts after the phases before it
     return encoder_lib.annealed_sigma(self.step - start, int(fv.elbo_anneal_fraction * (fv.train_steps - start)),
                                       fv.elbo_sigma_start, fv.elbo_sigma_end)
 
