@@ -5,6 +5,7 @@ r"""Prior confusion table: does each prior rank its own source class first, nois
 
 Rebuilds the priors from the model directory alone (config.flags + latest checkpoint) and scores held-out solo
 crops of every class (split --split of the model's own dataset; for toy data a seed never trained on).
+Score priors are ranked by their denoising error instead (see vsep_tf/evaluation/confusion.py).
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def main(argv):
   crop = FLAGS.crop_length or fv.crop_length
   examples = held_out_examples(fv, FLAGS.split, FLAGS.num_examples, crop, FLAGS.seed)
   sigmas = [float(s) for s in FLAGS.sigmas]
+  if not all(p.has_log_prob for p in priors.values()):
+    sigmas = [s for s in sigmas if s > 0]  # score priors: denoising error, noisy levels only
   names = list(priors)
   table, scores = confusion.log_likelihood_table(priors, {n: examples[n] for n in names}, sigmas,
                                                  seed=FLAGS.seed, per_example=True)

@@ -8,6 +8,12 @@ solo examples of class j, noised at level sigma:
 A prior set fit for separation has, at every sigma, each row's maximum on the diagonal (prior k prefers its own
 class: "row rank") and ideally each column's maximum on the diagonal too (class j is best explained by its own
 prior: "column rank").
+
+Score priors (vsep_tf/priors/score.py) have no density; for them the table holds the negative denoising error,
+
+    C[sigma][k, j] = -mean_n  |D_k(x_{j,n} + sigma * eps, sigma) - x_{j,n}|^2 / (T sigma^2)     (sigma > 0 only)
+
+(the integrand of the diffusion ELBO at that level: higher is better, ranked the same way).
 """
 from __future__ import annotations
 
@@ -34,7 +40,11 @@ def log_likelihood_table(priors, examples, sigmas, batch_size=8, seed=0, per_exa
       x = np.asarray(examples[data_name], np.float32)
       noisy = x + np.float32(sigma) * rng.standard_normal(x.shape).astype(np.float32)
       for k, prior_name in enumerate(names):
-        scores[s, k, j] = _log_prob_per_sample(priors[prior_name], noisy, sigma, batch_size)
+        prior = priors[prior_name]
+        if prior.has_log_prob:
+          scores[s, k, j] = _log_prob_per_sample(prior, noisy, sigma, batch_size)
+        else:
+          scores[s, k, j] = _neg_denoising_error(prior, x, noisy, sigma, batch_size)
   table = scores.mean(axis=-1)
   return (table, scores) if per_example else table
 
@@ -53,6 +63,18 @@ def _log_prob_per_sample(prior, x, sigma, batch_size):
     chunk = tf.constant(x[start:start + batch_size])
     out.append(fn(chunk, tf.fill([tf.shape(chunk)[0]], tf.constant(sigma, tf.float32))).numpy())
   return np.concatenate(out) / x.shape[1]
+
+
+def _neg_denoising_error(prior, clean, noisy, sigma, batch_size):
+  """[n] -|D(noisy, sigma) - clean|^2 / (T sigma^2) for each example (score priors; sigma > 0)."""
+  if sigma <= 0:
+    raise ValueError("score priors are scored by denoising: every sigma must be > 0")
+  out = []
+  for start in range(0, len(noisy), batch_size):
+    chunk = tf.constant(noisy[start:start + batch_size])
+    den = prior.denoise(chunk, tf.fill([tf.shape(chunk)[0]], tf.constant(sigma, tf.float32))).numpy()
+    out.append(-np.mean(np.square(den - clean[start:start + batch_size]), axis=-1) / sigma ** 2)
+  return np.concatenate(out)
 
 
 _COMPILED = {}

@@ -38,6 +38,9 @@ def sample_sigma(batch_size, sigma_min: float, sigma_max: float, p_clean: float,
 class Prior(keras.Model):
   """Base class: a sigma-conditioned density over waveforms [batch, time]."""
 
+  # False for priors known only through their score (priors/score.py): log_prob raises, score works.
+  has_log_prob = True
+
   def log_prob(self, x, sigma, training=False):
     """log p_sigma(x) in nats, summed over time: [batch]. x: [batch, time], sigma: [batch]."""
     raise NotImplementedError

@@ -107,7 +107,7 @@ def annealed_sigma(step, total_steps, sigma_start: float, sigma_end: float):
 def elbo_losses(encoder, priors, mix, sigma_prior, mix_sigma: float, entropy_weight: float = 1.0, seed=None):
   """Per-example negative ELBO terms in nats per sample of the mix, each [batch].
 
-    prior_nll:   -sum_k log p_sigma_prior,k(s_k) / T
+    prior_nll:   -sum_k log p_sigma_prior,k(s_k) / T (score priors: a surrogate with the same gradient)
     mix_nll:     -log N(m; f(s), mix_sigma^2) / T (up to the constant)
     neg_entropy: -sum_k H[q_k] / T (up to the constant), times entropy_weight
     total_loss:  their sum = -ELBO / T
@@ -118,12 +118,21 @@ def elbo_losses(encoder, priors, mix, sigma_prior, mix_sigma: float, entropy_wei
   length = tf.cast(tf.shape(mix)[-1], tf.float32)
   batch = tf.shape(mix)[0]
   sig = tf.broadcast_to(tf.cast(sigma_prior, tf.float32), [batch])
-  prior_nll = -tf.add_n([p.log_prob(s[:, k], sig) for k, p in enumerate(priors)]) / length
+  prior_nll = -tf.add_n([_prior_term(p, s[:, k], sig) for k, p in enumerate(priors)]) / length
   resid = mix - mixing.mix_sources(s, encoder.mix)
   mix_nll = 0.5 * tf.reduce_sum(tf.square(resid), axis=-1) / (mix_sigma ** 2) / length
   neg_entropy = -entropy_weight * tf.reduce_sum(log_std, axis=[1, 2]) / length
   return {"total_loss": prior_nll + mix_nll + neg_entropy, "prior_nll": prior_nll, "mix_nll": mix_nll,
           "neg_entropy": neg_entropy}
+
+
+def _prior_term(prior, s, sigma):
+  """log p_sigma(s) [batch] for likelihood priors. For score priors (no density) the surrogate
+  sum_t stop_gradient(score(s)) * s, whose gradient w.r.t. the encoder is exactly that of E_q[log p_sigma(s)]
+  (reparameterised: d/dphi log p(s(phi)) = score(s) . ds/dphi); its VALUE is not a log-likelihood."""
+  if prior.has_log_prob:
+    return prior.log_prob(s, sigma)
+  return tf.reduce_sum(tf.stop_gradient(prior.score(s, sigma)) * s, axis=-1)
 
 
 def supervised_losses(encoder, mix, sources):

@@ -71,13 +71,10 @@ class LangevinSeparator(Separator):
 
   # ------------------------------------------------------------------------------------------------ core
   def scores(self, x, sigma):
-    """grad log p_sigma,k(x_k) for every source: x [batch, N, time], sigma scalar -> [batch, N, time]."""
-    batch = tf.shape(x)[0]
-    sig = tf.fill([batch], sigma)
-    with tf.GradientTape() as tape:
-      tape.watch(x)
-      total = tf.add_n([tf.reduce_sum(prior.log_prob(x[:, k], sig)) for k, prior in enumerate(self.priors.values())])
-    return tape.gradient(total, x)
+    """grad log p_sigma,k(x_k) for every source: x [batch, N, time], sigma scalar -> [batch, N, time].
+    Likelihood priors differentiate their log-density; score priors (priors/score.py) denoise once."""
+    sig = tf.fill(tf.shape(x)[:1], sigma)
+    return tf.stack([prior.score(x[:, k], sig) for k, prior in enumerate(self.priors.values())], axis=1)
 
   def _run(self, mix, seed):
     """mix [batch, time], seed int32 [2] -> sources [batch, N, time]."""

@@ -46,7 +46,10 @@ def build_priors(fv, source_names, length=None):
   priors = {}
   for name in source_names:
     prior = prior_from_config(fv)
-    prior.log_prob(tf.zeros([1, length]), tf.zeros([1]))
+    if prior.has_log_prob:
+      prior.log_prob(tf.zeros([1, length]), tf.zeros([1]))
+    else:
+      prior.score(tf.zeros([1, length]), tf.ones([1]))
     priors[name] = prior
   return priors
 
