@@ -259,3 +259,43 @@ def test_sleep_phase_trains_on_prior_samples_only(tiny_prior_dir, tmp_path):
   # A restart reuses the cached bank instead of sampling again.
   again = separator_trainer.SeparatorTrainer(fv)
   np.testing.assert_array_equal(again.bank, bank)
+
+
+TINY_SCORE = ["--prior=score", "--score.num_layers=3", "--score.residual_channels=4", "--score.skip_channels=4",
+              "--score.cond_channels=4", "--score.sample_steps=4", "--p_clean=0"]
+
+
+def test_score_priors_drive_sleep_then_elbo_and_langevin(tmp_path):
+  """The whole unsupervised pipeline on score priors: prior training, sleep phase on their samples, ELBO."""
+  prior_dir = str(tmp_path / "score_priors")
+  fv = _fv(*TINY_SCORE, *RUN, f"--model_dir={prior_dir}", "--train_steps=5", "--checkpoint_every=5")
+  trainer_lib.PriorTrainer(fv).train()
+  model_dir = str(tmp_path / "var")
+  fv = _fv("--job=variational", f"--prior_dir={prior_dir}", *TINY_ENCODER, *RUN, f"--model_dir={model_dir}",
+           "--sleep_steps=5", "--sleep_bank_size=3", "--train_steps=10", "--checkpoint_every=5")
+  trainer = separator_trainer.SeparatorTrainer(fv)
+  assert [p for p, _ in trainer.phases()] == ["sleep", "elbo"]
+  assert trainer.bank.shape == (4, 3, 1024) and np.all(np.isfinite(trainer.bank))
+  metrics = trainer.train()
+  assert int(trainer.step.numpy()) == 10 and all(np.isfinite(v) for v in metrics.values())
+  sep = load_separator(prior_dir, ["--langevin_levels=2", "--langevin_steps_per_level=2"])
+  m = tf.random.normal([1, 300]) * 0.5
+  np.testing.assert_allclose(sep.separate(m).numpy().mean(1), m.numpy(), atol=1e-5)
+
+
+def test_ship_model_keeps_the_latest_checkpoint_only(tiny_prior_dir, tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "shipped"
+  cmd = [sys.executable, "-m", "tools.ship_model", f"--model_dir={tiny_prior_dir}", f"--output_dir={out}"]
+  proc = subprocess.run([*cmd, "--set=model_dir=pretrained/tiny"], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert sorted(os.listdir(out / "checkpoints")) == ["checkpoint", "ckpt-5.data-00000-of-00001", "ckpt-5.index"]
+  assert "--model_dir=pretrained/tiny\n" in (out / "config.flags").read_text()
+  sep = load_separator(str(out), ["--langevin_levels=1", "--langevin_steps_per_level=1"])
+  assert sep.source_names == ("sine", "square", "sawtooth", "triangle")
+  bad = subprocess.run([*cmd, "--set=no_such_flag=1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 1 and "no --no_such_flag= line" in bad.stderr
+  assert sorted(os.listdir(out / "checkpoints"))[0] == "checkpoint"  # the earlier copy is intact
+  assert not [p for p in os.listdir(tmp_path) if p.startswith(".ship-")]  # no half-written copy left
