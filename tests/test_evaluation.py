@@ -211,3 +211,12 @@ def test_compare_tool_refuses_bad_input(tmp_path):
   proc = _run("tools.compare_separators", f"--results={bad}", f"--output_md={tmp_path / 'x.md'}", timeout=60)
   assert proc.returncode != 0 and "not a vsep_tf.evaluate result" in proc.stderr
   assert not (tmp_path / "x.md").exists()
+
+
+def test_cli_refuses_an_unknown_model_flag(tmp_path):
+  (tmp_path / "config.flags").write_text("--dataset=toy\n--job=priors\n")
+  out = tmp_path / "out.json"
+  proc = _run("vsep_tf.evaluate", f"--model_dir={tmp_path}", "--model_flag=no_such_flag=3", "--num_examples=1",
+              f"--output_json={out}", timeout=60)
+  assert proc.returncode == 1 and "no_such_flag" in proc.stderr, proc.stderr[-2000:]
+  assert not out.exists()

@@ -164,12 +164,14 @@ def iter_tracks(dataset, opts: EvalOptions) -> Iterator[Tuple[str, np.ndarray, n
     yield name, mix, sources
 
 
-def make_separator(method: Optional[str], model_dir: Optional[str], dataset, opts: EvalOptions):
-  """The separator under test: load_separator(model_dir), or a baseline built for `dataset`."""
+def make_separator(method: Optional[str], model_dir: Optional[str], dataset, opts: EvalOptions,
+                   model_flags=()):
+  """The separator under test: load_separator(model_dir) (its saved flags overridden by `model_flags`,
+  'NAME=VALUE' each), or a baseline built for `dataset`."""
   from vsep_tf.separators import oracle  # pylint: disable=import-outside-toplevel
   if model_dir:
     from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
-    return load_separator(model_dir)
+    return load_separator(model_dir, [f"--{item}" for item in model_flags])
   if method == "oracle_irm":
     return oracle.OracleIRM(dataset.source_names, dataset.sample_rate, dataset.mix,
                             n_fft=opts.resolved_oracle_fft(dataset.sample_rate), hop=opts.oracle_hop,
@@ -286,7 +288,7 @@ def _track_name_safe(name: str) -> str:
 
 def evaluate(opts: EvalOptions, method: Optional[str] = None, model_dir: Optional[str] = None, separator=None,
              per_track_dir: Optional[str] = None, write_audio_dir: Optional[str] = None,
-             verbose: int = 1) -> Dict:
+             verbose: int = 1, model_flags=()) -> Dict:
   """Scores one separator on the dataset of `opts`. Returns the result dict (the JSON of the tool).
 
   Exactly one of `model_dir` (a trained model), `method` (a baseline: 'oracle_irm', 'mixture') or
@@ -304,7 +306,7 @@ def evaluate(opts: EvalOptions, method: Optional[str] = None, model_dir: Optiona
   total = num_tracks(dataset, opts)
   if total == 0:
     raise ValueError(f"no tracks to evaluate in split {opts.split!r} of {dataset!r}")
-  sep = separator if separator is not None else make_separator(method, model_dir, dataset, opts)
+  sep = separator if separator is not None else make_separator(method, model_dir, dataset, opts, model_flags)
   adapter = _Adapter(sep, dataset, opts.batch_size)
   names = list(dataset.source_names)
   rate = int(dataset.sample_rate)
@@ -493,6 +495,8 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   define_data_flags(fv)
   flags.DEFINE_string("model_dir", None, "A trained model directory (vsep_tf.train).", flag_values=fv)
   flags.DEFINE_enum("method", None, list(BASELINES), "A baseline instead of --model_dir.", flag_values=fv)
+  flags.DEFINE_multi_string("model_flag", [], "NAME=VALUE overriding one flag saved with the model, e.g. "
+                            "--model_flag=langevin_steps_per_level=20.", flag_values=fv)
   flags.DEFINE_string("output_json", None, "Write the results here.", flag_values=fv)
   flags.DEFINE_string("per_track_dir", None, "Per-track JSONs (default: <output_json>.tracks/).", flag_values=fv)
   flags.DEFINE_string("write_audio_dir", None, "Write the estimates as <dir>/<track>/<source>.wav.",
@@ -531,8 +535,8 @@ def main(argv):
       raise ValueError(f"--output_json={fv.output_json} is a directory")
     per_track_dir = fv.per_track_dir or (default_per_track_dir(fv.output_json) if fv.output_json else None)
     result = evaluate(opts, method=fv.method, model_dir=fv.model_dir, per_track_dir=per_track_dir,
-                      write_audio_dir=fv.write_audio_dir)
-  except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+                      write_audio_dir=fv.write_audio_dir, model_flags=fv.model_flag)
+  except (ValueError, FileNotFoundError, NotADirectoryError, flags.Error) as e:
     print(f"vsep_tf.evaluate: error: {e}", file=sys.stderr)
     return 1
   result["flags"] = {name: fv[name].value for name in tool_flag_names()}
