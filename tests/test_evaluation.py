@@ -216,7 +216,7 @@ def test_compare_tool_refuses_bad_input(tmp_path):
 def test_cli_refuses_an_unknown_model_flag(tmp_path):
   (tmp_path / "config.flags").write_text("--dataset=toy\n--job=priors\n")
   out = tmp_path / "out.json"
-  proc = _run("vsep_tf.evaluate", f"--model_dir={tmp_path}", "--model_flag=no_such_flag=3", "--num_examples=1",
+  proc = _run("vsep_tf.evaluate", f"--model_dir={tmp_path}", "--model_override=--no_such_flag=3", "--num_examples=1",
               f"--output_json={out}", timeout=60)
   assert proc.returncode == 1 and "no_such_flag" in proc.stderr, proc.stderr[-2000:]
   assert not out.exists()

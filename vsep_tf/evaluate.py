@@ -167,11 +167,11 @@ def iter_tracks(dataset, opts: EvalOptions) -> Iterator[Tuple[str, np.ndarray, n
 def make_separator(method: Optional[str], model_dir: Optional[str], dataset, opts: EvalOptions,
                    model_flags=()):
   """The separator under test: load_separator(model_dir) (its saved flags overridden by `model_flags`,
-  'NAME=VALUE' each), or a baseline built for `dataset`."""
+  '--name=value' each), or a baseline built for `dataset`."""
   from vsep_tf.separators import oracle  # pylint: disable=import-outside-toplevel
   if model_dir:
     from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
-    return load_separator(model_dir, [f"--{item}" for item in model_flags])
+    return load_separator(model_dir, list(model_flags))
   if method == "oracle_irm":
     return oracle.OracleIRM(dataset.source_names, dataset.sample_rate, dataset.mix,
                             n_fft=opts.resolved_oracle_fft(dataset.sample_rate), hop=opts.oracle_hop,
@@ -495,8 +495,9 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   define_data_flags(fv)
   flags.DEFINE_string("model_dir", None, "A trained model directory (vsep_tf.train).", flag_values=fv)
   flags.DEFINE_enum("method", None, list(BASELINES), "A baseline instead of --model_dir.", flag_values=fv)
-  flags.DEFINE_multi_string("model_flag", [], "NAME=VALUE overriding one flag saved with the model, e.g. "
-                            "--model_flag=langevin_steps_per_level=20.", flag_values=fv)
+  flags.DEFINE_multi_string("model_override", [], "'--name=value' replacing a flag saved in the model directory "
+                            "(as vsep_tf.separate; e.g. --model_override=--langevin_steps_per_level=20).",
+                            flag_values=fv)
   flags.DEFINE_string("output_json", None, "Write the results here.", flag_values=fv)
   flags.DEFINE_string("per_track_dir", None, "Per-track JSONs (default: <output_json>.tracks/).", flag_values=fv)
   flags.DEFINE_string("write_audio_dir", None, "Write the estimates as <dir>/<track>/<source>.wav.",
@@ -535,7 +536,7 @@ def main(argv):
       raise ValueError(f"--output_json={fv.output_json} is a directory")
     per_track_dir = fv.per_track_dir or (default_per_track_dir(fv.output_json) if fv.output_json else None)
     result = evaluate(opts, method=fv.method, model_dir=fv.model_dir, per_track_dir=per_track_dir,
-                      write_audio_dir=fv.write_audio_dir, model_flags=fv.model_flag)
+                      write_audio_dir=fv.write_audio_dir, model_flags=fv.model_override)
   except (ValueError, FileNotFoundError, NotADirectoryError, flags.Error) as e:
     print(f"vsep_tf.evaluate: error: {e}", file=sys.stderr)
     return 1
