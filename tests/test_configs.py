@@ -69,6 +69,15 @@ def test_train_on_any_stem_folder(tmp_path):
   assert fv.data_root == str(tmp_path / "stems")
 
 
+def test_supervised_on_a_stem_folder_without_valid_split_checkpoints(tmp_path):
+  """Separator trainers validate on 'valid' mixes; a train/test-only stem folder has none: train on, no crash."""
+  _write_stem_tree(tmp_path / "stems", [("train", "a"), ("train", "b"), ("test", "c")], ("flute", "organ"), 8000)
+  proc, fv = _train(tmp_path, "--flagfile=configs/chorales_supervised.flags", f"--data_root={tmp_path / 'stems'}",
+                    "--min_rms=0", "--encoder.num_blocks=1", "--encoder.num_layers=2",
+                    "--encoder.residual_channels=4", "--encoder.skip_channels=4")
+  assert fv.job == "supervised" and "no 'valid' split" in proc.stderr
+
+
 def test_train_musdb_config_on_a_tiny_musdb_folder(tmp_path):
   pytest.importorskip("musdb")
   _write_stem_tree(tmp_path / "musdb", [("train", "A - One"), ("test", "B - Two")],
