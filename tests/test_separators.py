@@ -261,6 +261,24 @@ def test_sleep_phase_trains_on_prior_samples_only(tiny_prior_dir, tmp_path):
   np.testing.assert_array_equal(again.bank, bank)
 
 
+def test_resumed_run_ends_each_phase_at_its_step(tiny_prior_dir, tmp_path):
+  """A run stopped inside the sleep phase resumes it up to --sleep_steps, not --sleep_steps MORE steps."""
+  model_dir = str(tmp_path / "var")
+  common = ["--job=variational", f"--prior_dir={tiny_prior_dir}", "--sleep_bank_size=3", *TINY_ENCODER, *RUN,
+            f"--model_dir={model_dir}", "--checkpoint_every=2"]
+  separator_trainer.SeparatorTrainer(_fv(*common, "--sleep_steps=2", "--train_steps=2")).train()
+
+  class Recorder(separator_trainer.SeparatorTrainer):
+    seen = []
+
+    def on_checkpoint(self, writer, step):
+      self.seen.append((step, self.phase))
+
+  trainer = Recorder(_fv(*common, "--sleep_steps=4", "--train_steps=6"))
+  trainer.train()
+  assert Recorder.seen == [(4, "sleep"), (6, "elbo")]
+
+
 TINY_SCORE = ["--prior=score", "--score.num_layers=3", "--score.residual_channels=4", "--score.skip_channels=4",
               "--score.cond_channels=4", "--score.sample_steps=4", "--p_clean=0"]
 

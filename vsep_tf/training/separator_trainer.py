@@ -157,12 +157,13 @@ class SeparatorTrainer(Trainer):
     metrics = {}
     main_dataset = self.dataset
     for phase, end in self.phases():
-      remaining = end - int(self.step.numpy())
-      if remaining <= 0:
+      if end <= int(self.step.numpy()):
         continue
       self.phase, self._loop_fn = phase, None
       self.dataset = self.sleep_dataset() if phase == "sleep" else main_dataset
-      metrics = super().train(num_steps=remaining)
+      # Up to the phase's END step, counted after the checkpoint restore inside Trainer.train (a resumed run
+      # learns its step only there; counting 'remaining' before it overran the first phase).
+      metrics = super().train(until_step=end) or metrics
     self.dataset = main_dataset
     return metrics
 

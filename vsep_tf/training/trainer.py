@@ -181,15 +181,19 @@ class Trainer:
     self.on_first_batch(first_batch)
     return False
 
-  def train(self, num_steps=None):
-    """Trains until --train_steps (or `num_steps` more steps). Returns the last loop's mean losses."""
+  def train(self, num_steps=None, until_step=None):
+    """Trains until --train_steps (or `num_steps` more steps, or up to step `until_step`), counting from the
+    restored checkpoint's step. Returns the last loop's mean losses ({} if there was nothing left to do)."""
     fv = self.fv
     first_batch = next(iter(self.dataset))
     self.initialize_or_restore(first_batch)
     if self.is_chief:
       config_lib.save_config(fv, self.model_dir)
     start_step = int(self.step.numpy())
-    target = fv.train_steps if num_steps is None else start_step + num_steps
+    if until_step is not None:
+      target = int(until_step)
+    else:
+      target = fv.train_steps if num_steps is None else start_step + num_steps
     dataset = self._debug_nan_dataset(self.dataset, start_step)
     dist_dataset = self.strategy.experimental_distribute_dataset(dataset)
     iterator = iter(dist_dataset)
