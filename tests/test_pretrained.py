@@ -43,3 +43,20 @@ def test_shipped_toy_priors_are_score_priors_for_langevin():
   assert all(not p.has_log_prob for p in sep.priors.values())
   m = tf.random.normal([1, 512]) * 0.3
   np.testing.assert_allclose(sep.separate(m).numpy().mean(1), m.numpy(), atol=1e-5)
+
+
+CHORALES = os.path.join(REPO, "..", "shared", "data", "chorales")
+
+
+@pytest.mark.skipif(not os.path.isdir(CHORALES), reason="../shared/data/chorales is not here")
+def test_shipped_chorales_separator_beats_the_mixture_on_a_test_track():
+  sep = load_separator(os.path.join(PRETRAINED, "chorales"))
+  assert sep.method == "variational" and sep.mix == "sum"
+  data = data_lib.build_dataset("stems", root=CHORALES, mix="sum")
+  _, mix, sources = next(iter(data.tracks("test")))
+  n = 5 * data.sample_rate
+  mix, sources = mix[:n], sources[:, :n]
+  est = np.asarray(sep.separate_long(mix))
+  np.testing.assert_allclose(est.sum(0), mix, atol=1e-3)
+  gain = signal_lib.si_sdr_improvement(sources, est, np.broadcast_to(mix, sources.shape)).numpy()
+  assert np.median(gain) > 2.0, gain
