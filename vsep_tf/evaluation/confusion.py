@@ -57,33 +57,34 @@ def example_accuracy(scores):
 
 def _log_prob_per_sample(prior, x, sigma, batch_size):
   """[n] log p_sigma(x_i) / T for each example."""
-  fn = _compiled_log_prob(prior)
-  out = []
-  for start in range(0, len(x), batch_size):
-    chunk = tf.constant(x[start:start + batch_size])
-    out.append(fn(chunk, tf.fill([tf.shape(chunk)[0]], tf.constant(sigma, tf.float32))).numpy())
-  return np.concatenate(out) / x.shape[1]
+  return _in_batches(_compiled(prior, "log_prob"), x, sigma, batch_size) / x.shape[1]
 
 
 def _neg_denoising_error(prior, clean, noisy, sigma, batch_size):
   """[n] -|D(noisy, sigma) - clean|^2 / (T sigma^2) for each example (score priors; sigma > 0)."""
   if sigma <= 0:
     raise ValueError("score priors are scored by denoising: every sigma must be > 0")
+  den = _in_batches(_compiled(prior, "denoise"), noisy, sigma, batch_size)
+  return -np.mean(np.square(den - clean), axis=-1) / sigma ** 2
+
+
+def _in_batches(fn, x, sigma, batch_size):
+  """fn(chunk, sigma [chunk]) over chunks of `batch_size` examples of x, outputs concatenated (numpy)."""
   out = []
-  for start in range(0, len(noisy), batch_size):
-    chunk = tf.constant(noisy[start:start + batch_size])
-    den = prior.denoise(chunk, tf.fill([tf.shape(chunk)[0]], tf.constant(sigma, tf.float32))).numpy()
-    out.append(-np.mean(np.square(den - clean[start:start + batch_size]), axis=-1) / sigma ** 2)
+  for start in range(0, len(x), batch_size):
+    chunk = tf.constant(x[start:start + batch_size])
+    out.append(fn(chunk, tf.fill([tf.shape(chunk)[0]], tf.constant(sigma, tf.float32))).numpy())
   return np.concatenate(out)
 
 
 _COMPILED = {}
 
 
-def _compiled_log_prob(prior):
-  key = id(prior)
+def _compiled(prior, method: str):
+  """tf.function of prior.<method>(x, sigma), one per (prior, method) (the prior is kept alive with it)."""
+  key = (id(prior), method)
   if key not in _COMPILED:
-    _COMPILED[key] = (prior, tf.function(lambda x, s: prior.log_prob(x, s), reduce_retracing=True))
+    _COMPILED[key] = (prior, tf.function(getattr(prior, method), reduce_retracing=True))
   return _COMPILED[key][1]
 
 

@@ -209,9 +209,8 @@ class SeparatorTrainer(Trainer):
     if n <= 0:
       return {}
     if "valid" not in getattr(self.data, "splits", ("valid",)):  # e.g. a stem folder with train/ and test/ only
-      if not getattr(self, "_warned_no_valid", False):
-        logging.warning("no 'valid' split in %s: no validation SI-SDR (the test split is never used here)", self.data)
-        self._warned_no_valid = True
+      logging.log_first_n(logging.WARNING, "no 'valid' split in %s: no validation SI-SDR (the test split is never "
+                          "used here)", 1, self.data)
       return {}
     ds = self.data.mixtures("valid", length=fv.crop_length, batch_size=n, seed=fv.seed + 1)
     batch = next(iter(ds))
