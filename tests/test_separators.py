@@ -261,6 +261,29 @@ def test_sleep_phase_trains_on_prior_samples_only(tiny_prior_dir, tmp_path):
   np.testing.assert_array_equal(again.bank, bank)
 
 
+def test_sleep_gain_scales_each_prior_sample_within_its_range(tiny_prior_dir, tmp_path):
+  """--sleep_gain_db=6: every source of a sleep mix is a bank crop times ONE gain in [-6, +6] dB; the mix is
+  made of the scaled sources."""
+  fv = _fv("--job=variational", f"--prior_dir={tiny_prior_dir}", "--sleep_steps=4", "--sleep_bank_size=3",
+           "--sleep_gain_db=6", *TINY_ENCODER, *RUN, f"--model_dir={tmp_path / 'var'}", "--train_steps=4")
+  trainer = separator_trainer.SeparatorTrainer(fv)
+  bank = trainer.bank
+  batch = next(iter(trainer.sleep_dataset()))
+  sources = batch["sources"].numpy()
+  np.testing.assert_allclose(batch["mix"].numpy(), sources.mean(1), atol=1e-6)
+  gains = []
+  for k in range(4):
+    for s in sources[:, k]:
+      crops = [row[o:o + 512] for row in bank[k] for o in range(1024 - 512 + 1)]
+      fits = [(float(np.dot(s, c) / np.dot(c, c)), c) for c in crops if np.dot(c, c) > 0]
+      gain, crop = max(fits, key=lambda gc: -np.abs(s - gc[0] * gc[1]).max())
+      np.testing.assert_allclose(s, gain * crop, atol=1e-5)  # a scaled crop of one bank sample
+      gains.append(gain)
+  gains_db = 20 * np.log10(np.array(gains))
+  assert gains_db.min() >= -6.0 - 1e-3 and gains_db.max() <= 6.0 + 1e-3
+  assert gains_db.std() > 1.0  # really random, not all ~0 dB
+
+
 def test_resumed_run_ends_each_phase_at_its_step(tiny_prior_dir, tmp_path):
   """A run stopped inside the sleep phase resumes it up to --sleep_steps, not --sleep_steps MORE steps."""
   model_dir = str(tmp_path / "var")

@@ -112,6 +112,9 @@ def _define_run_flags(fv: flags.FlagValues):
                        "(cached in <model_dir>/prior_samples.npz; mixes combine them at random).", flag_values=fv)
   flags.DEFINE_integer("sleep_bank_length", 0, "variational: length of every prior sample (0: 2 x --crop_length).",
                        flag_values=fv)
+  flags.DEFINE_float("sleep_gain_db", 0.0, "variational: every prior sample in a sleep mix is scaled by a random gain "
+                     "uniform in +-this many dB (per source and example): the encoder meets sources at levels the "
+                     "samples alone do not cover.", flag_values=fv)
   flags.DEFINE_float("sleep_temperature", 1.0, "variational: sampling temperature of the prior samples.",
                      flag_values=fv)
   flags.DEFINE_integer("valid_examples", 16, "Held-out ('valid' split) mixes scored (SI-SDR) at every checkpoint.",

@@ -109,7 +109,8 @@ class SeparatorTrainer(Trainer):
     return bank
 
   def sleep_dataset(self):
-    """Random mixes of prior samples: every example takes, per class, a random bank entry and crop offset."""
+    """Random mixes of prior samples: every example takes, per class, a random bank entry and crop offset (and,
+    with --sleep_gain_db, a random gain)."""
     fv = self.fv
     bank = tf.constant(self.bank)  # [N, B, L]
     n, size, length = self.bank.shape
@@ -124,6 +125,9 @@ class SeparatorTrainer(Trainer):
       rows = tf.gather_nd(bank, tf.stack([cls, idx], -1))  # [batch, n, L]
       t = off[..., None] + tf.range(crop)[None, None]
       sources = tf.gather(rows, t, batch_dims=2)  # [batch, n, crop]
+      if fv.sleep_gain_db > 0:
+        gain_db = tf.random.stateless_uniform([batch, n, 1], seeds + 2, -fv.sleep_gain_db, fv.sleep_gain_db)
+        sources = sources * tf.pow(10.0, gain_db / 20.0)
       return {"mix": mixing.mix_sources(sources, mix_fn), "sources": sources}
 
     return tf.data.Dataset.range(2 ** 62).map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
