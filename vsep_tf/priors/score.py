@@ -17,8 +17,16 @@ likelihood (the autoregressive prior needs a backward pass through all its steps
 BASIS's successors (independent diffusion priors, MSDM/ISDM; REFERENCES.md). There is no tractable log-density:
 `log_prob` raises; `has_log_prob` tells callers (the ELBO uses the score, see separators/encoder.py).
 
-`sample` draws from the prior by integrating the probability-flow ODE with Euler steps on a geometric noise
-ladder (DDIM): x <- D + (sigma_next / sigma) (x - D), from N(0, sigma_start^2) down to sigma_min, then D.
+`sample` draws from the prior on a geometric noise ladder from N(0, sigma_start^2) down to sigma_min, then D:
+
+    x <- D + sqrt(1 - churn) (sigma_next / sigma) (x - D) + sqrt(churn) sigma_next z,    z ~ N(0, I)
+
+churn = 0 is the probability-flow ODE with Euler steps (DDIM); churn = 1 (the default) denoises and draws fresh
+noise of the next level at every step (ancestral sampling). The fresh noise corrects the denoiser's errors
+instead of carrying them along the ODE: on the toy priors (64 steps) the share of spectral energy at the
+strongest peak of a sample (median of 16 x 8,192 samples) rises from 0.045 / 0.033 / 0.087 / 0.061 (DDIM) to
+0.118 / 0.127 / 0.209 / 0.365 (real items:
+1.00 / 0.81 / 0.61 / 0.99; sine / square / sawtooth / triangle): samples with a steadier pitch.
 """
 from __future__ import annotations
 
@@ -42,7 +50,7 @@ class ScorePrior(Prior):
   def __init__(self, num_blocks: int = 1, num_layers: int = 11, residual_channels: int = 16,
                skip_channels: int = 32, kernel_size: int = 3, gate_channels: int = 0, head_channels: int = 0,
                cond_channels: int = 32, sigma_data: float = 0.5, sample_sigma_max: float = 3.0,
-               sample_steps: int = 64, **kwargs):
+               sample_steps: int = 64, sample_churn: float = 1.0, **kwargs):
     super().__init__(**kwargs)
     self.num_blocks = int(num_blocks)
     self.num_layers = int(num_layers)
@@ -55,6 +63,9 @@ class ScorePrior(Prior):
     self.sigma_data = float(sigma_data)
     self.sample_sigma_max = float(sample_sigma_max)
     self.sample_steps = int(sample_steps)
+    self.sample_churn = float(sample_churn)
+    if not 0.0 <= self.sample_churn <= 1.0:
+      raise ValueError(f"sample_churn must be in [0, 1], got {sample_churn}")
     if self.sigma_data <= 0:
       raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
 
@@ -119,12 +130,18 @@ class ScorePrior(Prior):
 
   # --- sampling ---
 
-  def _generate(self, noise, sigmas):
+  def _generate(self, noise, sigmas, seed):
     x = noise * sigmas[0]
+    keep = float(np.sqrt(1.0 - self.sample_churn))
+    fresh = float(np.sqrt(self.sample_churn))
 
     def body(i, x):
       d = self.denoise(x, sigmas[i])
-      return i + 1, d + (sigmas[i + 1] / sigmas[i]) * (x - d)
+      nxt = sigmas[i + 1]
+      x = d + keep * (nxt / sigmas[i]) * (x - d)
+      if fresh > 0:
+        x += fresh * nxt * tf.random.stateless_normal(tf.shape(x), tf.stack([seed, i + 1]))
+      return i + 1, x
 
     _, x = tf.while_loop(lambda i, _: i < tf.shape(sigmas)[0] - 1, body, (tf.constant(0), x))
     return self.denoise(x, sigmas[-1])
@@ -132,16 +149,16 @@ class ScorePrior(Prior):
   def sample(self, num, length, sigma=0.0, temperature=1.0, seed=None, num_steps=None, sigma_min=0.01):
     """Draws `num` waveforms [num, length] from p_sigma (sigma = 0: the noiseless prior, the last denoised step).
 
-    Probability-flow ODE, Euler (DDIM) on `num_steps` geometric levels sample_sigma_max -> max(sigma, sigma_min).
-    temperature scales the starting noise. seed: optional int for a reproducible draw."""
+    `num_steps` geometric levels sample_sigma_max -> max(sigma, sigma_min), DDIM or ancestral by `sample_churn`
+    (module docstring). temperature scales the starting noise. seed: optional int for a reproducible draw."""
     if self._sample_fn is None:
       object.__setattr__(self, "_sample_fn", tf.function(self._generate, reduce_retracing=True))
     steps = int(num_steps or self.sample_steps)
     sigmas = np.geomspace(self.sample_sigma_max, max(float(sigma), sigma_min), steps).astype(np.float32)
     shape = [int(num), int(length)]
-    noise = (tf.random.normal(shape) if seed is None
-             else tf.random.stateless_normal(shape, tf.constant([int(seed), 0], tf.int32)))
-    x = self._sample_fn(float(temperature) * noise, tf.constant(sigmas))
+    seed = int(np.random.randint(2 ** 31 - 1) if seed is None else seed)
+    noise = tf.random.stateless_normal(shape, tf.constant([seed, 0], tf.int32))
+    x = self._sample_fn(float(temperature) * noise, tf.constant(sigmas), tf.constant(seed, tf.int32))
     if sigma > 0:  # a draw from p_sigma: the clean estimate plus that much noise
       x = x + float(sigma) * tf.random.normal(shape)
     return x
@@ -152,14 +169,15 @@ class ScorePrior(Prior):
                   residual_channels=self.residual_channels, skip_channels=self.skip_channels,
                   kernel_size=self.kernel_size, gate_channels=self.gate_channels,
                   head_channels=self.head_channels, cond_channels=self.cond_channels, sigma_data=self.sigma_data,
-                  sample_sigma_max=self.sample_sigma_max, sample_steps=self.sample_steps)
+                  sample_sigma_max=self.sample_sigma_max, sample_steps=self.sample_steps,
+                  sample_churn=self.sample_churn)
     return config
 
 
 def build_score_prior(num_blocks: int = 1, num_layers: int = 11, residual_channels: int = 16,
                       skip_channels: int = 32, kernel_size: int = 3, gate_channels: int = 0, head_channels: int = 0,
                       cond_channels: int = 32, sigma_data: float = 0.5, sample_sigma_max: float = 3.0,
-                      sample_steps: int = 64) -> ScorePrior:
+                      sample_steps: int = 64, sample_churn: float = 1.0) -> ScorePrior:
   """Score prior factory (one flag per keyword: --score.<name>).
 
   CPU-sized defaults: 1 block x 11 layers, kernel 3, 'same' padding -> receptive field 4095 samples centred
@@ -167,4 +185,4 @@ def build_score_prior(num_blocks: int = 1, num_layers: int = 11, residual_channe
   return ScorePrior(num_blocks=num_blocks, num_layers=num_layers, residual_channels=residual_channels,
                     skip_channels=skip_channels, kernel_size=kernel_size, gate_channels=gate_channels,
                     head_channels=head_channels, cond_channels=cond_channels, sigma_data=sigma_data,
-                    sample_sigma_max=sample_sigma_max, sample_steps=sample_steps)
+                    sample_sigma_max=sample_sigma_max, sample_steps=sample_steps, sample_churn=sample_churn)
