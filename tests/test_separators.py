@@ -284,6 +284,25 @@ def test_sleep_gain_scales_each_prior_sample_within_its_range(tiny_prior_dir, tm
   assert gains_db.std() > 1.0  # really random, not all ~0 dB
 
 
+def test_sleep_match_level_brings_each_class_to_its_training_audio_level(tiny_prior_dir, tmp_path):
+  """--sleep_match_level: one factor per class so that the bank's RMS is the solo training audio's (tiny priors
+  draw samples at levels far from the toy's, whose sources have RMS 0.4-0.7)."""
+  fv = _fv("--job=variational", f"--prior_dir={tiny_prior_dir}", "--sleep_steps=4", "--sleep_bank_size=3",
+           "--sleep_match_level", *TINY_ENCODER, *RUN, f"--model_dir={tmp_path / 'var'}", "--train_steps=4")
+  trainer = separator_trainer.SeparatorTrainer(fv)
+  gains = trainer.bank_level_gains()
+  # the level of real training sources, measured independently on other crops
+  batch = next(iter(trainer.data.mixtures("train", length=4096, batch_size=64, seed=99)))
+  real_rms = np.sqrt(np.mean(np.square(batch["sources"].numpy()), axis=(0, 2)))
+  matched_rms = np.sqrt(np.mean(np.square(trainer.bank * gains[:, None, None]), axis=(1, 2)))
+  np.testing.assert_allclose(matched_rms, real_rms, rtol=0.1)
+  sources = next(iter(trainer.sleep_dataset()))["sources"].numpy()  # [batch, N, 512]
+  for k in range(4):  # sleep sources are crops of the bank times that class's factor
+    for s in sources[:, k]:
+      assert any(np.allclose(s, gains[k] * row[o:o + 512], atol=1e-5) for row in trainer.bank[k]
+                 for o in range(1024 - 512 + 1))
+
+
 def test_resumed_run_ends_each_phase_at_its_step(tiny_prior_dir, tmp_path):
   """A run stopped inside the sleep phase resumes it up to --sleep_steps, not --sleep_steps MORE steps."""
   model_dir = str(tmp_path / "var")

@@ -115,6 +115,9 @@ def _define_run_flags(fv: flags.FlagValues):
   flags.DEFINE_float("sleep_gain_db", 0.0, "variational: every prior sample in a sleep mix is scaled by a random gain "
                      "uniform in +-this many dB (per source and example): the encoder meets sources at levels the "
                      "samples alone do not cover.", flag_values=fv)
+  flags.DEFINE_bool("sleep_match_level", False, "variational: scale each class's prior samples (one factor per "
+                    "class) so their RMS equals that of the class's solo TRAINING audio (the data the priors saw): "
+                    "sampled levels can be far off (chorale samples: clarinet 0.005 vs 0.1).", flag_values=fv)
   flags.DEFINE_float("sleep_temperature", 1.0, "variational: sampling temperature of the prior samples.",
                      flag_values=fv)
   flags.DEFINE_integer("valid_examples", 16, "Held-out ('valid' split) mixes scored (SI-SDR) at every checkpoint.",

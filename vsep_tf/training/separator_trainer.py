@@ -108,11 +108,29 @@ class SeparatorTrainer(Trainer):
       os.replace(tmp, path)
     return bank
 
+  def bank_level_gains(self, num_batches: int = 16) -> np.ndarray:
+    """[N] factors that bring each class's bank RMS to the RMS of its solo training crops (--sleep_match_level)."""
+    fv = self.fv
+    ds = self.data.mixtures("train", length=fv.crop_length, batch_size=8, seed=fv.seed + 2)
+    power = np.zeros(len(self.source_names))
+    for batch in ds.take(num_batches):
+      power += np.mean(np.square(batch["sources"].numpy()), axis=(0, 2))
+    target = np.sqrt(power / num_batches)
+    have = np.sqrt(np.mean(np.square(self.bank), axis=(1, 2)))
+    gains = target / np.maximum(have, 1e-6)
+    for name, t, h, g in zip(self.source_names, target, have, gains):
+      logging.info("sleep level match %s: training audio rms %.3f, prior samples %.3f -> gain %.2f", name, t, h, g)
+    return gains.astype(np.float32)
+
   def sleep_dataset(self):
     """Random mixes of prior samples: every example takes, per class, a random bank entry and crop offset (and,
-    with --sleep_gain_db, a random gain)."""
+    with --sleep_gain_db, a random gain; with --sleep_match_level, the bank is first brought to the level of the
+    solo training audio)."""
     fv = self.fv
-    bank = tf.constant(self.bank)  # [N, B, L]
+    bank = self.bank
+    if fv.sleep_match_level:
+      bank = bank * self.bank_level_gains()[:, None, None]
+    bank = tf.constant(bank)  # [N, B, L]
     n, size, length = self.bank.shape
     crop, batch = fv.crop_length, self.global_batch
     mix_fn = self.encoder.mix
