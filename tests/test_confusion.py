@@ -1,3 +1,4 @@
+import pytest
 """Prior confusion tables: the arithmetic against numpy, and the tool end to end on a trained model dir."""
 import json
 import os
@@ -49,6 +50,7 @@ def test_table_matches_numpy_and_ranks():
   assert "**" in confusion.format_table(table, list(priors), [0.0])
 
 
+@pytest.mark.slow  # kept out of the default run (15-minute budget); CI-like runs: pytest -m slow
 def test_tool_on_a_trained_model_dir(tmp_path):
   fv = config_lib.define_flags(flags.FlagValues())
   fv(["x", f"--model_dir={tmp_path / 'm'}", "--dataset=toy", "--crop_length=256", "--batch_size=2",
