@@ -50,7 +50,7 @@ def test_table_matches_numpy_and_ranks():
   assert "**" in confusion.format_table(table, list(priors), [0.0])
 
 
-@pytest.mark.slow  # kept out of the default run (15-minute budget); CI-like runs: pytest -m slow
+@pytest.mark.slow  # out of the default run and CI (15-minute budget); run with: pytest -m slow
 def test_tool_on_a_trained_model_dir(tmp_path):
   fv = config_lib.define_flags(flags.FlagValues())
   fv(["x", f"--model_dir={tmp_path / 'm'}", "--dataset=toy", "--crop_length=256", "--batch_size=2",

@@ -330,7 +330,7 @@ def test_score_priors_drive_sleep_then_elbo_and_langevin(tmp_path):
   np.testing.assert_allclose(sep.separate(m).numpy().mean(1), m.numpy(), atol=1e-5)
 
 
-@pytest.mark.slow  # kept out of the default run (15-minute budget); CI-like runs: pytest -m slow
+@pytest.mark.slow  # out of the default run and CI (15-minute budget); run with: pytest -m slow
 def test_ship_model_keeps_the_latest_checkpoint_only(tiny_prior_dir, tmp_path):
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel

@@ -26,7 +26,7 @@ def tune_flags(tune_dir, *extra):
   return fv
 
 
-@pytest.mark.slow  # kept out of the default run (15-minute budget); CI-like runs: pytest -m slow
+@pytest.mark.slow  # out of the default run and CI (15-minute budget); run with: pytest -m slow
 def test_flow_search_resumes_and_writes_a_train_flagfile(tmp_path):
   first = tune.search(tune_flags(tmp_path, "--max_trials=1"))
   project = tmp_path / "p"
