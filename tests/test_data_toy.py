@@ -11,7 +11,7 @@ from scipy import stats
 import tensorflow as tf
 
 from vsep_tf import data as data_lib
-from vsep_tf.data import toy
+from vsep_tf.data import mixing, toy
 from vsep_tf.data.stems import StemFolder
 from tools import make_toy_data as tool
 
@@ -126,6 +126,11 @@ def test_mix_is_the_mean_of_the_sources(toy_test_items):
   b = next(iter(summed.mixtures("train", 1000, batch_size=2, seed=1)))
   np.testing.assert_allclose(b["mix"].numpy(), b["sources"].numpy().sum(axis=1), atol=1e-6)
   np.testing.assert_allclose(data.mix_fn(sources), mix, atol=1e-7)
+  # The separators' uninformed start: equal shares that mix back to the mix, for mean and for sum.
+  for name, m in (("mean", mix), ("sum", b["mix"].numpy())):
+    split = mixing.equal_split(m, name, 4).numpy()
+    assert split.shape == (m.shape[0], 4, m.shape[-1]) and np.allclose(split, split[:, :1])
+    np.testing.assert_allclose(mixing.mix_sources(split, name), m, atol=1e-6)
 
 
 def test_determinism_seeds_splits_and_batching():

@@ -306,6 +306,10 @@ def test_resumed_run_ends_each_phase_at_its_step(tiny_prior_dir, tmp_path):
   trainer = Recorder(_fv(*common, "--sleep_steps=4", "--train_steps=6"))
   trainer.train()
   assert Recorder.seen == [(4, "sleep"), (6, "elbo")]
+  # Restarted after its sleep phase, a run never draws the prior-sample bank again (it used to, for minutes).
+  os.remove(os.path.join(model_dir, "prior_samples.npz"))
+  Recorder(_fv(*common, "--sleep_steps=4", "--train_steps=6")).train()
+  assert len(Recorder.seen) == 2 and not os.path.exists(os.path.join(model_dir, "prior_samples.npz"))
 
 
 TINY_SCORE = ["--prior=score", "--score.num_layers=3", "--score.residual_channels=4", "--score.skip_channels=4",

@@ -16,6 +16,13 @@ from three starts:
   blind:  each source = its share of the mix + --blind_sigma noise (what a Langevin / diffusion separator does).
   init:   the estimates of the separator in --init_dir + s0 noise (refining an amortised separator).
 The gap between the oracle and the blind start is the search problem the thesis met ("too peaked to optimise").
+
+With --restarts=R every blind / init start runs R chains, and each item keeps the chain of lowest energy
+E(x) = sum_k E_k(x_k), E_k the diffusion-ELBO estimate of -log p_k (ScorePrior.denoising_energy: no truth
+used) -> `<start>_select<R>`; `<start>_best<R>` keeps the chain of best mean SI-SDR (uses the truth: the most
+any selection among these chains can reach). `energy` reports, per start, how often the truth has a lower
+energy than every chain: when it does, the priors prefer the truth and search is the problem; when it does not,
+the priors prefer wrong answers and no search under them can find the truth.
 This is a diagnostic (the truth is used for the oracle start and for scoring), not a separator.
 """
 from __future__ import annotations
@@ -38,6 +45,9 @@ flags.DEFINE_list("oracle_sigmas", ["0.05", "0.2", "0.5"], "Start noise levels o
 flags.DEFINE_float("blind_sigma", 1.0, "Start noise level of the blind start.")
 flags.DEFINE_float("init_sigma", 0.3, "Start noise level of the init start.")
 flags.DEFINE_integer("seed", 0, "Seed of the crops and the sampler noise.")
+flags.DEFINE_integer("restarts", 1, "Chains per blind / init start (sampler seeds seed .. seed + R - 1); with R > 1 "
+                     "each item's chains are also ranked by the priors' energy (module docstring).")
+flags.DEFINE_list("energy_sigmas", ["0.01", "1.0", "12"], "Energy grid: first, last noise level, number of levels.")
 flags.DEFINE_string("output_json", None, "Where the results go (JSON).")
 
 
@@ -69,6 +79,7 @@ def main(argv):
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from vsep_tf import signal as signal_lib  # pylint: disable=import-outside-toplevel
+  from vsep_tf.data import mixing  # pylint: disable=import-outside-toplevel
   from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
   from vsep_tf.training import builders, config as config_lib  # pylint: disable=import-outside-toplevel
 
@@ -91,21 +102,51 @@ def main(argv):
   def run(x0, s0):
     return score(anneal(priors, mix, x0, float(s0), FLAGS.levels, FLAGS.sigma_min, data.mix, FLAGS.seed))
 
-  share = mix if data.mix == "mean" else mix / float(n)
-  results = {"mixture": score(tf.repeat(mix[:, None], n, axis=1)),
-             "blind": run(tf.repeat(share[:, None], n, axis=1), FLAGS.blind_sigma)}
+  lo, hi, num = float(FLAGS.energy_sigmas[0]), float(FLAGS.energy_sigmas[1]), int(FLAGS.energy_sigmas[2])
+  energy_grid = np.geomspace(lo, hi, num)
+
+  def energy(x):  # [batch, N, T] -> [batch]
+    return sum(p.denoising_energy(x[:, k], energy_grid, FLAGS.seed).numpy() for k, p in enumerate(priors))
+
+  energies = {"truth": energy(sources)} if FLAGS.restarts > 1 or FLAGS.init_dir else {}
+
+  def run_restarts(name, x0, s0):
+    """Chain 0 under `name` (as with one restart); with R > 1 also the energy-selected and best-of-R chains."""
+    chains = [anneal(priors, mix, x0, float(s0), FLAGS.levels, FLAGS.sigma_min, data.mix, FLAGS.seed + r)
+              for r in range(FLAGS.restarts)]
+    results[name] = score(chains[0])
+    if FLAGS.restarts == 1:
+      return
+    stack = np.stack([c.numpy() for c in chains])  # [R, batch, N, T]
+    chain_energy = np.stack([energy(c) for c in chains])  # [R, batch]
+    chain_sdr = np.stack([signal_lib.si_sdr(sources, c).numpy().mean(axis=1) for c in chains])  # [R, batch]
+    items = np.arange(stack.shape[1])
+    results[f"{name}_select{FLAGS.restarts}"] = score(stack[np.argmin(chain_energy, 0), items])
+    results[f"{name}_best{FLAGS.restarts}"] = score(stack[np.argmax(chain_sdr, 0), items])
+    energies[name] = {"truth_below_every_chain": float(np.mean(energies["truth"] < chain_energy.min(0))),
+                      "median_selected_minus_truth": float(np.median(chain_energy.min(0) - energies["truth"]))}
+
+  results = {"mixture": score(tf.repeat(mix[:, None], n, axis=1))}
+  run_restarts("blind", mixing.equal_split(mix, data.mix, n), FLAGS.blind_sigma)
   for s0 in FLAGS.oracle_sigmas:
     results[f"oracle_{s0}"] = run(sources, s0)
   if FLAGS.init_dir:
     init = load_separator(FLAGS.init_dir).separate(mix)
     results["init_separator"] = score(init)
-    results[f"init_{FLAGS.init_sigma:g}"] = run(init, FLAGS.init_sigma)
+    init_energy = energy(init)
+    energies["init_separator"] = {"truth_below": float(np.mean(energies["truth"] < init_energy)),
+                                  "median_minus_truth": float(np.median(init_energy - energies["truth"]))}
+    run_restarts(f"init_{FLAGS.init_sigma:g}", init, FLAGS.init_sigma)
   for start, row in results.items():
     print(f"{start:>16}: " + " ".join(f"{k}={v:6.2f}" for k, v in row.items()))
+  for start, row in energies.items():
+    if start != "truth":
+      print(f"energy {start}: {row}")
   if FLAGS.output_json:
     out = {"prior_dir": FLAGS.prior_dir, "init_dir": FLAGS.init_dir, "dataset": fv.dataset,
            "num_examples": FLAGS.num_examples, "length": FLAGS.length, "levels": FLAGS.levels,
-           "median_si_sdr": results}
+           "restarts": FLAGS.restarts, "median_si_sdr": results,
+           "energy": {k: v for k, v in energies.items() if k != "truth"}}
     config_lib.atomic_write_text(FLAGS.output_json, json.dumps(out, indent=1) + "\n")
   return 0
 

@@ -35,6 +35,15 @@ def mix_sources(sources, mix: str, axis: int = -2):
   return tf.reduce_sum(sources, axis=axis) if mix == "sum" else tf.reduce_mean(sources, axis=axis)
 
 
+def equal_split(mix, mix_name: str, num_sources: int):
+  """The consistent guess that knows nothing: every source the same share of the mix, [batch, T] ->
+  [batch, N, T] with f(split) = mix (sum: mix / N each; mean: the mix itself). TF tensors."""
+  check_mix(mix_name)
+  mix = tf.convert_to_tensor(mix, tf.float32)
+  share = mix if mix_name == "mean" else mix / float(num_sources)
+  return tf.repeat(share[:, None], num_sources, axis=1)
+
+
 def get_mix_fn(mix: str, axis: int = -2) -> Callable:
   """The mixing function as a one-argument callable: fn(sources [..., N, T]) -> [..., T]."""
   check_mix(mix)

@@ -111,6 +111,24 @@ class ScorePrior(Prior):
     sigma = tf.broadcast_to(tf.convert_to_tensor(sigma, tf.float32), tf.shape(x)[:1])
     return (self.denoise(x, sigma) - x) / tf.square(sigma)[:, None]
 
+  def denoising_energy(self, x, sigmas, seed):
+    """A diffusion-ELBO estimate of -log p(x) up to a constant, per example: [batch].
+
+    For the variance-exploding diffusion x_sigma = x + sigma e the negative ELBO is
+    (1/2) int ||D(x_sigma, sigma) - x||^2 / sigma^3 dsigma + const; on a geometric grid `sigmas` (ascending or
+    descending, >= 2 levels) that is sum_i ||D - x||^2 / sigma_i^2 * dlog(sigma) / 2, with one noise draw per
+    level (stateless, from the int `seed`: the same e for every candidate x compared). Lower = more likely. It
+    only ranks inputs of one shape against each other (the constant depends on the grid and the length)."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    sigmas = np.asarray(sigmas, np.float32)
+    dlog = float(abs(np.log(sigmas[-1] / sigmas[0])) / (len(sigmas) - 1))
+    total = tf.zeros(tf.shape(x)[:1])
+    for i, sigma in enumerate(sigmas):
+      e = tf.random.stateless_normal(tf.shape(x), tf.constant([seed, i], tf.int32))
+      err = self.denoise(x + float(sigma) * e, float(sigma)) - x
+      total += tf.reduce_sum(tf.square(err), axis=-1) / float(sigma) ** 2
+    return 0.5 * dlog * total
+
   def log_prob(self, x, sigma, training=False):
     raise NotImplementedError("ScorePrior has no tractable log-density; use score(x, sigma) (the Langevin "
                               "separator and the ELBO do). Likelihood tables need --prior=wavenet or flow.")

@@ -104,13 +104,20 @@ def annealed_sigma(step, total_steps, sigma_start: float, sigma_end: float):
   return tf.exp(math.log(sigma_start) + frac * (math.log(sigma_end) - math.log(sigma_start)))
 
 
-def elbo_losses(encoder, priors, mix, sigma_prior, mix_sigma: float, entropy_weight: float = 1.0, seed=None):
+def elbo_losses(encoder, priors, mix, sigma_prior, mix_sigma: float, entropy_weight: float = 1.0, seed=None,
+                prior_noise: bool = False):
   """Per-example negative ELBO terms in nats per sample of the mix, each [batch].
 
     prior_nll:   -sum_k log p_sigma_prior,k(s_k) / T (score priors: a surrogate with the same gradient)
     mix_nll:     -log N(m; f(s), mix_sigma^2) / T (up to the constant)
     neg_entropy: -sum_k H[q_k] / T (up to the constant), times entropy_weight
     total_loss:  their sum = -ELBO / T
+
+  prior_noise (score priors only): the prior term's gradient is the denoiser's pull at a NOISED point,
+  (D(s + sigma e, sigma) - s) / sigma^2 with fresh e (score distillation, DreamFusion's SDS): the
+  denoiser is read where it was trained (x = s + sigma e), and in expectation over sigma this is the gradient of
+  the diffusion ELBO of -log p(s) without back-propagating through D (ScorePrior.denoising_energy). Without it,
+  the score of p_sigma is read at the clean sample s, where no training input of that noise level lies.
   """
   mean, log_std = encoder(mix, training=True)
   eps = tf.random.normal(tf.shape(mean), seed=seed)
@@ -118,7 +125,7 @@ def elbo_losses(encoder, priors, mix, sigma_prior, mix_sigma: float, entropy_wei
   length = tf.cast(tf.shape(mix)[-1], tf.float32)
   batch = tf.shape(mix)[0]
   sig = tf.broadcast_to(tf.cast(sigma_prior, tf.float32), [batch])
-  prior_nll = -tf.add_n([_prior_term(p, s[:, k], sig) for k, p in enumerate(priors)]) / length
+  prior_nll = -tf.add_n([_prior_term(p, s[:, k], sig, prior_noise) for k, p in enumerate(priors)]) / length
   resid = mix - mixing.mix_sources(s, encoder.mix)
   mix_nll = 0.5 * tf.reduce_sum(tf.square(resid), axis=-1) / (mix_sigma ** 2) / length
   neg_entropy = -entropy_weight * tf.reduce_sum(log_std, axis=[1, 2]) / length
@@ -126,12 +133,16 @@ def elbo_losses(encoder, priors, mix, sigma_prior, mix_sigma: float, entropy_wei
           "neg_entropy": neg_entropy}
 
 
-def _prior_term(prior, s, sigma):
+def _prior_term(prior, s, sigma, noised: bool = False):
   """log p_sigma(s) [batch] for likelihood priors. For score priors (no density) the surrogate
   sum_t stop_gradient(score(s)) * s, whose gradient w.r.t. the encoder is exactly that of E_q[log p_sigma(s)]
-  (reparameterised: d/dphi log p(s(phi)) = score(s) . ds/dphi); its VALUE is not a log-likelihood."""
+  (reparameterised: d/dphi log p(s(phi)) = score(s) . ds/dphi); its VALUE is not a log-likelihood.
+  noised: the score-distillation pull (D(s + sigma e, sigma) - s) / sigma^2 instead (elbo_losses)."""
   if prior.has_log_prob:
     return prior.log_prob(s, sigma)
+  if noised:
+    pull = (prior.denoise(s + sigma[:, None] * tf.random.normal(tf.shape(s)), sigma) - s) / tf.square(sigma)[:, None]
+    return tf.reduce_sum(tf.stop_gradient(pull) * s, axis=-1)
   return tf.reduce_sum(tf.stop_gradient(prior.score(s, sigma)) * s, axis=-1)
 
 

@@ -81,9 +81,9 @@ class LangevinSeparator(Separator):
     mix = tf.convert_to_tensor(mix, tf.float32)
     n = len(self.priors)
     sigmas = tf.constant(self.sigmas)
-    share = mix if self.mix == "mean" else mix / float(n)
-    shape = tf.concat([tf.shape(mix)[:1], [n], tf.shape(mix)[1:]], axis=0)
-    x = share[:, None, :] + sigmas[0] * tf.random.stateless_normal(shape, seed)
+    start = mixing.equal_split(mix, self.mix, n)
+    shape = tf.shape(start)
+    x = start + sigmas[0] * tf.random.stateless_normal(shape, seed)
     total_steps = len(self.sigmas) * self.steps_per_level
     sigma_min = float(self.sigmas[-1])
     c = float(n) if self.mix == "sum" else 1.0 / n  # sum_k (df/dx_k)^2

@@ -94,6 +94,9 @@ def _define_run_flags(fv: flags.FlagValues):
                      flag_values=fv)
   flags.DEFINE_float("elbo_mix_sigma", 0.01, "variational: std of the Gaussian mixing likelihood p(m | s).",
                      flag_values=fv)
+  flags.DEFINE_bool("elbo_prior_noise", False,
+                    "variational, score priors: read the score at s + sigma e (the noised point the denoiser was "
+                    "trained on; score distillation) instead of at the sample s itself.", flag_values=fv)
   flags.DEFINE_float("elbo_entropy_weight", 1.0, "variational: weight of the entropy H[q] (1 = the ELBO).",
                      flag_values=fv)
   flags.DEFINE_string("teacher_dir", None,

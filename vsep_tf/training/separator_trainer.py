@@ -54,10 +54,8 @@ class SeparatorTrainer(Trainer):
         prior.trainable = False
       self.priors = [priors[name] for name in self.source_names]
     self.teacher = None
-    self.bank = None
+    self._bank = None
     self.phase = "elbo" if self.variational else "supervised"
-    if self.variational and fv.sleep_steps > 0:
-      self.bank = self.prior_sample_bank()
     if self.variational and fv.teacher_dir and fv.distill_steps > 0:
       from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
       self.teacher = load_separator(fv.teacher_dir)
@@ -80,6 +78,18 @@ class SeparatorTrainer(Trainer):
 
       ds = ds.map(lambda b: teach(b["mix"]), num_parallel_calls=tf.data.AUTOTUNE)
     return ds
+
+  @property
+  def sleeps(self) -> bool:
+    return self.variational and self.fv.sleep_steps > 0
+
+  @property
+  def bank(self) -> np.ndarray:
+    """The sleep phase's prior-sample bank, drawn (or read from the cache) on first use: a run resumed after
+    its sleep phase never draws it."""
+    if self._bank is None and self.sleeps:
+      self._bank = self.prior_sample_bank()
+    return self._bank
 
   def prior_sample_bank(self) -> np.ndarray:
     """[N, bank_size, length] noiseless samples of the frozen priors, drawn once and cached in the model dir."""
@@ -163,7 +173,7 @@ class SeparatorTrainer(Trainer):
   def phases(self) -> list:
     """[(phase, last step)] of this run: sleep (--sleep_steps), distill (--distill_steps), then the main loss."""
     fv, out, end = self.fv, [], 0
-    if self.bank is not None:
+    if self.sleeps:
       end += fv.sleep_steps
       out.append(("sleep", end))
     if self.teacher is not None:
@@ -178,8 +188,9 @@ class SeparatorTrainer(Trainer):
       return super().train(num_steps)
     metrics = {}
     main_dataset = self.dataset
+    done = self.checkpointed_step()  # phases already done are skipped before their data is built
     for phase, end in self.phases():
-      if end <= int(self.step.numpy()):
+      if end <= done:
         continue
       self.phase, self._loop_fn = phase, None
       self.dataset = self.sleep_dataset() if phase == "sleep" else main_dataset
@@ -214,7 +225,8 @@ class SeparatorTrainer(Trainer):
       elif self.variational:
         sigma = self.sigma_prior()
         per_example = encoder_lib.elbo_losses(self.encoder, self.priors, batch["mix"], sigma,
-                                              fv.elbo_mix_sigma, fv.elbo_entropy_weight)
+                                              fv.elbo_mix_sigma, fv.elbo_entropy_weight,
+                                              prior_noise=fv.elbo_prior_noise)
       else:
         per_example = encoder_lib.supervised_losses(self.encoder, batch["mix"], batch["sources"])
       losses = {k: tf.nn.compute_average_loss(v, global_batch_size=self.global_batch)

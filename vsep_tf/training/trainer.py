@@ -181,6 +181,13 @@ class Trainer:
     self.on_first_batch(first_batch)
     return False
 
+  def checkpointed_step(self) -> int:
+    """The step the next `train` call resumes from (the chief's latest checkpoint; the live step if later),
+    read without restoring anything."""
+    path = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
+    saved = int(tf.train.load_checkpoint(path).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) if path else 0
+    return max(saved, int(self.step.numpy()))
+
   def train(self, num_steps=None, until_step=None):
     """Trains until --train_steps (or `num_steps` more steps, or up to step `until_step`), counting from the
     restored checkpoint's step. Returns the last loop's mean losses ({} if there was nothing left to do)."""
