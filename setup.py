@@ -25,7 +25,7 @@ EXTRAS = {
     "io": ["tensorflow-io>=0.37"],
     # Heatmaps and charts of the diagnostic tools.
     "plots": ["matplotlib>=3.7"],
-    "test": ["pytest>=7"],
+    "test": ["pytest>=7", "pytest-xdist>=3"],
 }
 EXTRAS["all"] = sorted({p for k, v in EXTRAS.items() if k not in ("io", "test") for p in v})
 

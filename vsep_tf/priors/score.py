@@ -116,15 +116,16 @@ class ScorePrior(Prior):
 
     For the variance-exploding diffusion x_sigma = x + sigma e the negative ELBO is
     (1/2) int ||D(x_sigma, sigma) - x||^2 / sigma^3 dsigma + const; on a geometric grid `sigmas` (ascending or
-    descending, >= 2 levels) that is sum_i ||D - x||^2 / sigma_i^2 * dlog(sigma) / 2, with one noise draw per
-    level (stateless, from the int `seed`: the same e for every candidate x compared). Lower = more likely. It
-    only ranks inputs of one shape against each other (the constant depends on the grid and the length)."""
+    descending, >= 2 levels) that is sum_i ||D - x||^2 / sigma_i^2 * dlog(sigma) / 2, with one noise draw e_i
+    [time] per level (stateless, from the int `seed`), the SAME for every row of x: candidates compared in one
+    batch or across calls see the same noise. Lower = more likely. It only ranks inputs of one length against
+    each other (the constant depends on the grid and the length)."""
     x = tf.convert_to_tensor(x, tf.float32)
     sigmas = np.asarray(sigmas, np.float32)
     dlog = float(abs(np.log(sigmas[-1] / sigmas[0])) / (len(sigmas) - 1))
     total = tf.zeros(tf.shape(x)[:1])
     for i, sigma in enumerate(sigmas):
-      e = tf.random.stateless_normal(tf.shape(x), tf.constant([seed, i], tf.int32))
+      e = tf.random.stateless_normal(tf.shape(x)[-1:], tf.constant([seed, i], tf.int32))[None]
       err = self.denoise(x + float(sigma) * e, float(sigma)) - x
       total += tf.reduce_sum(tf.square(err), axis=-1) / float(sigma) ** 2
     return 0.5 * dlog * total
