@@ -23,10 +23,14 @@ used) -> `<start>_select<R>`; `<start>_best<R>` keeps the chain of best mean SI-
 any selection among these chains can reach). `energy` reports, per start, how often the truth has a lower
 energy than every chain: when it does, the priors prefer the truth and search is the problem; when it does not,
 the priors prefer wrong answers and no search under them can find the truth.
+--permutations: the energy of the true sources against every other assignment of the same true sources to the
+classes (N! - 1 of them: is the whole-source assignment decided by the priors?) -> `energy.permutations`: the
+share of items whose truth ranks first, the median gap to the best other assignment, and that runner-up.
 This is a diagnostic (the truth is used for the oracle start and for scoring), not a separator.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -47,6 +51,8 @@ flags.DEFINE_float("init_sigma", 0.3, "Start noise level of the init start.")
 flags.DEFINE_integer("seed", 0, "Seed of the crops and the sampler noise.")
 flags.DEFINE_integer("restarts", 1, "Chains per blind / init start (sampler seeds seed .. seed + R - 1); with R > 1 "
                      "each item's chains are also ranked by the priors' energy (module docstring).")
+flags.DEFINE_bool("permutations", False, "Rank the truth's energy against every permutation of the true "
+                  "sources among the classes.")
 flags.DEFINE_list("energy_sigmas", ["0.01", "1.0", "12"], "Energy grid: first, last noise level, number of levels.")
 flags.DEFINE_string("output_json", None, "Where the results go (JSON).")
 
@@ -109,6 +115,18 @@ def main(argv):
     return sum(p.denoising_energy(x[:, k], energy_grid, FLAGS.seed).numpy() for k, p in enumerate(priors))
 
   energies = {"truth": energy(sources)} if FLAGS.restarts > 1 or FLAGS.init_dir else {}
+  if FLAGS.permutations:
+    perms = list(itertools.permutations(range(n)))  # perms[0] is the identity: the truth
+    src = sources.numpy()
+    first, gaps, runners = [], [], []
+    for item in src:
+      e = energy(np.stack([item[list(p)] for p in perms]))  # each assignment as one batch row
+      other = 1 + int(np.argmin(e[1:]))
+      first.append(bool(e[0] < e[other]))
+      gaps.append(float(e[other] - e[0]))
+      runners.append("/".join(data.source_names[j] for j in perms[other]))
+    energies["permutations"] = {"truth_first": float(np.mean(first)), "median_gap_to_next": float(np.median(gaps)),
+                                "runner_up": max(set(runners), key=runners.count)}
 
   def run_restarts(name, x0, s0):
     """Chain 0 under `name` (as with one restart); with R > 1 also the energy-selected and best-of-R chains."""
