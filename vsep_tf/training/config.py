@@ -78,6 +78,12 @@ def _define_run_flags(fv: flags.FlagValues):
                      flag_values=fv)
   flags.DEFINE_float("sigma_max", 1.0, "Largest training noise level.", flag_values=fv)
   flags.DEFINE_float("p_clean", 0.2, "Probability of a noiseless (sigma=0) training example.", flag_values=fv)
+  # --- how a --job=priors model directory separates ---
+  flags.DEFINE_enum("priors_search", "langevin", ["langevin", "periodic"],
+                    "A --job=priors directory separates by noise-annealed Langevin dynamics ('langevin') or by the "
+                    "periodic-component search ('periodic': steady tones split class-agnostically, named by the "
+                    "priors' energy; assumes each source is one steady periodic tone, as in the toy data; "
+                    "settings: --periodic.*).", flag_values=fv)
   # --- Langevin separator (BASIS schedule, REFERENCES.md) ---
   flags.DEFINE_float("langevin_sigma_max", 1.0, "Langevin: first (largest) noise level.", flag_values=fv)
   flags.DEFINE_float("langevin_sigma_min", 0.01, "Langevin: last (smallest) noise level.", flag_values=fv)
@@ -158,8 +164,9 @@ def _define_factory_flags(fv: flags.FlagValues, family: str, factory):
 def factory_families():
   """name -> factory for every family whose hyperparameters are flags."""
   from vsep_tf import priors  # pylint: disable=import-outside-toplevel
-  from vsep_tf.separators import encoder, nmf  # pylint: disable=import-outside-toplevel
-  return {**priors.PRIORS, "encoder": encoder.build_encoder, "nmf": nmf.nmf_hyperparameters}
+  from vsep_tf.separators import encoder, nmf, periodic  # pylint: disable=import-outside-toplevel
+  return {**priors.PRIORS, "encoder": encoder.build_encoder, "nmf": nmf.nmf_hyperparameters,
+          "periodic": periodic.periodic_hyperparameters}
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS):
