@@ -13,7 +13,7 @@ from vsep_tf.separators import load_separator
 from vsep_tf.separators import periodic
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED_TOY_PRIORS = REPO / "pretrained" / "toy" / "priors"
+SHIPPED_TOY_PRIORS = REPO / "pretrained" / "toy"
 
 
 def best_permutation_si_sdr(sources, estimates):
@@ -79,10 +79,10 @@ def test_assignment_is_the_permutation_of_least_total_energy():
   assert tuple(order) == brute
 
 
-@pytest.mark.skipif(not SHIPPED_TOY_PRIORS.is_dir(), reason="pretrained/toy/priors not present")
+@pytest.mark.skipif(not SHIPPED_TOY_PRIORS.is_dir(), reason="pretrained/toy not present")
 def test_shipped_toy_priors_name_the_tones():
   """End to end with the shipped score priors on unseen items: each class gets its own tone back."""
-  sep = load_separator(str(SHIPPED_TOY_PRIORS), ["--priors_search=periodic"])
+  sep = load_separator(str(SHIPPED_TOY_PRIORS))  # pretrained/toy separates by the periodic search
   assert isinstance(sep, periodic.PeriodicSeparator)
   data = ToyData(seed=4321, item_length=32768)
   mixes, refs = zip(*[(m, s) for _, m, s in data.tracks("test", limit=2)])
@@ -103,3 +103,10 @@ def test_periodic_search_errors(tiny_priors_dir):
   assert not comps.any() and not freqs.any()
   with pytest.raises(ValueError, match="denoising energy"):  # WaveNet priors have no energy to assign with
     load_separator(tiny_priors_dir, ["--priors_search=periodic"])
+
+
+def test_periodic_directories_refuse_export_with_a_pointer(tiny_priors_dir):
+  from vsep_tf.export import saved_model  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="no TensorFlow graph to export"):
+    saved_model.load_for_export(tiny_priors_dir, ["--priors_search=periodic"])
+  assert saved_model.load_for_export(tiny_priors_dir).method == "langevin"  # the default is unchanged

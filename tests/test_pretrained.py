@@ -28,8 +28,8 @@ def test_pretrained_is_small():
     assert os.path.exists(os.path.join(PRETRAINED, name, "train.log"))
 
 
-def test_shipped_toy_separator_beats_the_mixture_on_held_out_items():
-  sep = load_separator(os.path.join(PRETRAINED, "toy"))
+def test_shipped_toy_encoder_beats_the_mixture_on_held_out_items():
+  sep = load_separator(os.path.join(PRETRAINED, "toy", "encoder"))
   assert sep.method == "variational" and sep.mix == "mean"
   data = data_lib.build_dataset("toy", seed=1234)  # a seed never trained on
   batch = next(iter(data.mixtures("test", length=16384, batch_size=8, seed=0)))
@@ -40,8 +40,9 @@ def test_shipped_toy_separator_beats_the_mixture_on_held_out_items():
 
 
 def test_shipped_toy_priors_are_score_priors_for_langevin():
-  sep = load_separator(os.path.join(PRETRAINED, "toy", "priors"),
-                       ["--langevin_levels=2", "--langevin_steps_per_level=1"])
+  assert load_separator(os.path.join(PRETRAINED, "toy")).method == "periodic"  # what pretrained/toy separates by
+  sep = load_separator(os.path.join(PRETRAINED, "toy"),
+                       ["--priors_search=langevin", "--langevin_levels=2", "--langevin_steps_per_level=1"])
   assert isinstance(sep, LangevinSeparator)
   assert all(not p.has_log_prob for p in sep.priors.values())
   m = tf.random.normal([1, 512]) * 0.3
@@ -53,7 +54,7 @@ def test_posterior_check_finds_the_truth_stable_under_the_shipped_toy_priors(tmp
   stays at them (held-out items); blind starts are reported, not asserted (they fail: README, diagnosis). With
   2 restarts the best-of-2 chain is at least as good as chain 0, and the energy ranking is reported."""
   out = tmp_path / "check.json"
-  cmd = [sys.executable, "-m", "tools.posterior_check", "--prior_dir=pretrained/toy/priors", "--num_examples=2",
+  cmd = [sys.executable, "-m", "tools.posterior_check", "--prior_dir=pretrained/toy", "--num_examples=2",
          "--length=2048", "--levels=8", "--oracle_sigmas=0.05", "--restarts=2", "--energy_sigmas=0.02,1.0,3",
          "--permutations",
          f"--output_json={out}"]

@@ -1,6 +1,6 @@
 r"""Listening examples: the mix, the true sources and a model's estimates for the first held-out track, cropped.
 
-  python -m tools.listening_examples --model_dir=pretrained/toy --output_dir=docs/listening/toy --seconds=2
+  python -m tools.listening_examples --model_dir=pretrained/toy/encoder --output_dir=docs/listening/toy --seconds=2
   python -m tools.listening_examples --model_dir=pretrained/chorales --output_dir=docs/listening/chorales
 
 Toy models are heard on --toy_seed (default 1234: never trained on); stem models on their data's test split.

@@ -2,8 +2,8 @@ r"""Copy a trained model directory into a small shippable one (pretrained/...): 
 checkpoint only (weights + optimizer state, restorable and resumable), the TensorBoard training logs, and an
 optional text log. Any --job's directory works with `load_separator`, `vsep_tf.evaluate`, `separate`, export.
 
-  python -m tools.ship_model --model_dir=runs/toy_score_variational --output_dir=pretrained/toy \
-      --set=prior_dir=pretrained/toy/priors --log=runs/toy_score_variational.log
+  python -m tools.ship_model --model_dir=runs/toy_score_variational --output_dir=pretrained/toy/encoder \
+      --set=prior_dir=pretrained/toy --log=runs/toy_score_variational.log
 
 --set=NAME=VALUE rewrites one flag line of the shipped config.flags (e.g. paths that pointed into runs/).
 Nothing is half-written: the copy is assembled in a temporary sibling directory and renamed into place.
