@@ -45,7 +45,7 @@ def test_fold_recovers_an_exact_periodic_signal_and_caps_bins_by_period():
 
 
 def test_decomposition_splits_toy_mixes_into_their_tones_without_class_knowledge():
-  data = ToyData(seed=4321, item_length=32768)
+  data = ToyData(seed=4321, item_length=16384)
   decompose = periodic.PeriodicDecomposition(data.sample_rate)
   scores, freq_err = [], []
   for i, (_, mix, sources) in enumerate(data.tracks("test", limit=3)):
@@ -84,7 +84,7 @@ def test_shipped_toy_priors_name_the_tones():
   """End to end with the shipped score priors on unseen items: each class gets its own tone back."""
   sep = load_separator(str(SHIPPED_TOY_PRIORS))  # pretrained/toy separates by the periodic search
   assert isinstance(sep, periodic.PeriodicSeparator)
-  data = ToyData(seed=4321, item_length=32768)
+  data = ToyData(seed=4321, item_length=16384)
   mixes, refs = zip(*[(m, s) for _, m, s in data.tracks("test", limit=2)])
   est = sep.separate(np.stack(mixes)).numpy()
   sdr = signal_lib.si_sdr(np.stack(refs), est).numpy()
@@ -110,3 +110,29 @@ def test_periodic_directories_refuse_export_with_a_pointer(tiny_priors_dir):
   with pytest.raises(ValueError, match="no TensorFlow graph to export"):
     saved_model.load_for_export(tiny_priors_dir, ["--priors_search=periodic"])
   assert saved_model.load_for_export(tiny_priors_dir).method == "langevin"  # the default is unchanged
+
+
+def test_periodic_check_splits_failures_into_decomposition_and_naming(tmp_path, tiny_priors_dir):
+  """tools/periodic_check on one short held-out item with the shipped priors: the truth's naming bounds the priors'
+  (best summed SI-SDR), the counts are consistent, and priors without an energy are refused with no output."""
+  import json  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  if not SHIPPED_TOY_PRIORS.is_dir():
+    pytest.skip("pretrained/toy not present")
+  out = tmp_path / "check.json"
+  cmd = [sys.executable, "-m", "tools.periodic_check", "--num_examples=1", "--length=8192", f"--output_json={out}"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  report = json.loads(out.read_text())
+  (item,) = report["per_item"]
+  assert sum(item["priors_named"]) <= sum(item["truth_named"]) + 1e-6
+  if item["same_naming"]:
+    assert item["priors_named"] == item["truth_named"]
+  assert 0 <= item["tones_found"] <= 4 and len(item["frequencies"]) == 4
+  summary = report["summary"]
+  assert summary["same_naming_where_decomposition_good"] <= summary["items_all_good"]["truth_named"] <= 1
+  bad = tmp_path / "bad.json"
+  proc = subprocess.run([*cmd[:3], f"--model_dir={tiny_priors_dir}", f"--output_json={bad}"], cwd=REPO,
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode != 0 and "denoising energy" in proc.stderr and not bad.exists()
