@@ -4,7 +4,7 @@ r"""Where does the periodic search fail: in the class-agnostic decomposition or 
       --output_json=docs/results/toy_periodic_check.json
 
 On held-out toy items (--toy_seed, default 1234: never trained on) each mix is decomposed into tones
-(PeriodicSeparator.decompose, no class knowledge), and the tones are named twice: by the priors' energy (what
+(PeriodicSeparator.tones, no class knowledge), and the tones are named twice: by the priors' energy (what
 the separator does) and by the truth (the permutation of best summed SI-SDR: an upper bound for any naming).
 Reported: median SI-SDR per class for both namings (tones alone, before the residual is shared), how many items
 have every source >= --good_db under each, on how many items the priors' naming equals the truth's, and how many
@@ -43,11 +43,9 @@ def main(argv):
     raise app.UsageError(f"{FLAGS.model_dir}: needs a toy --job=priors directory with score priors")
   data = ToyData(seed=FLAGS.toy_seed, mix=sep.mix, item_length=FLAGS.length or TOY_ITEM_LENGTH)
   n = sep.num_sources
-  scale = float(n) if sep.mix == "mean" else 1.0
   items = []
   for i, (name, mix, sources) in enumerate(data.tracks("test", limit=FLAGS.num_examples)):
-    comps, freqs = sep.decompose(mix, n)
-    tones = scale * comps
+    tones, freqs, _ = sep.tones(mix)
     grid = signal_lib.si_sdr(np.repeat(sources[:, None], n, 1), np.repeat(tones[None], n, 0)).numpy()
     truth = max(itertools.permutations(range(n)), key=lambda p: sum(grid[k, p[k]] for k in range(n)))
     named = sep.assign(tones)

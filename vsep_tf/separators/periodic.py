@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from vsep_tf.data import mixing
 from vsep_tf.separators.base import Separator
+from vsep_tf.separators.oracle import to_sum_mix
 
 # Refinement spans, in units of 1 / duration (the spectral resolution), coarse to fine, with the bins per
 # period used at each (then capped by bins_per_period x samples per period).
@@ -173,9 +174,7 @@ class PeriodicDecomposition:
       freqs[k] = refine_frequency(r, f, self.sample_rate, spans, REFINE_BINS, p["bins_per_period"])
       comps[k] = self._fit(r, freqs[k])
       active.append(k)
-    refine_sweeps = len(REFINE_SPANS)
-    sub = lambda c, f: self._backfit(mix, c, f, p["sweeps"], refine_sweeps)  # noqa: E731
-    comps[active], freqs[active] = sub(comps[active], freqs[active])
+    comps[active], freqs[active] = self._backfit(mix, comps[active], freqs[active], p["sweeps"], len(REFINE_SPANS))
     for _ in range(p["repairs"]):  # repairs: a missed tone or a lower octave replaces one component
       residual = float(np.sum((mix - comps.sum(0)) ** 2))
       if residual <= p["residual_tolerance"] * total or not active:
@@ -250,19 +249,22 @@ class PeriodicSeparator(Separator):
     rows, cols = linear_sum_assignment(self.energies(components))
     return cols[np.argsort(rows)]
 
+  def tones(self, mix):
+    """One mix [time] -> (its N tones on the sources' scale [N, time] (a mean mix holds each source / N),
+    their frequencies [N], the part of the mix they leave [time]); the tones are not yet named."""
+    comps, freqs = self.decompose(mix, self.num_sources)
+    return to_sum_mix(comps, self.mix, self.num_sources), freqs, np.asarray(mix, np.float64) - comps.sum(0)
+
   def separate(self, mix) -> tf.Tensor:
     mix = np.asarray(mix, np.float64)
     if mix.ndim != 2:
       raise ValueError(f"separate takes mix [batch, time], got shape {mix.shape}")
-    n = self.num_sources
-    scale = float(n) if self.mix == "mean" else 1.0  # a mean mix holds each source / N
     out, freqs = [], []
     for row in mix:
-      comps, f = self.decompose(row, n)
-      order = self.assign(scale * comps)
-      residual = row - comps.sum(0)
-      share = mixing.equal_split(residual[None].astype(np.float32), self.mix, n).numpy()[0]
-      out.append(scale * comps[order] + share)
+      tones, f, residual = self.tones(row)
+      order = self.assign(tones)
+      share = mixing.equal_split(residual[None].astype(np.float32), self.mix, self.num_sources).numpy()[0]
+      out.append(tones[order] + share)
       freqs.append(f[order])
     self.last_frequencies = np.asarray(freqs)
     return tf.convert_to_tensor(np.asarray(out, np.float32))
