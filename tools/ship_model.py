@@ -6,6 +6,8 @@ optional text log. Any --job's directory works with `load_separator`, `vsep_tf.e
       --set=prior_dir=pretrained/toy --log=runs/toy_score_variational.log
 
 --set=NAME=VALUE rewrites one flag line of the shipped config.flags (e.g. paths that pointed into runs/).
+--weights_only (--job=spectral directories) ships the priors' weights and the step without the optimizer state
+(a third of the size; training resumed from the copy restarts Adam's moments).
 Nothing is half-written: the copy is assembled in a temporary sibling directory and renamed into place.
 """
 from __future__ import annotations
@@ -22,9 +24,25 @@ flags.DEFINE_string("model_dir", None, "Trained model directory (vsep_tf.train).
 flags.DEFINE_string("output_dir", None, "Where the shippable copy goes (replaced if it exists).", required=True)
 flags.DEFINE_multi_string("set", [], "NAME=VALUE: rewrite the --NAME line of config.flags.")
 flags.DEFINE_string("log", None, "A text training log to ship as train.log.")
+flags.DEFINE_boolean("weights_only", False, "Ship the weights and step without the optimizer state (--job=spectral).")
 
 
-def ship(model_dir: str, output_dir: str, overrides=(), log=None) -> str:
+def write_weights_only(model_dir: str, prefix: str, out_dir: str):
+  """Writes the spectral priors and the step of checkpoint `prefix` of `model_dir` to `out_dir` under the same
+  name (no optimizer state; the same object keys, so load_separator and a resumed trainer read it)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from vsep_tf.separators.spectral import restore_spectral_priors  # pylint: disable=import-outside-toplevel
+  from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
+  fv = config_lib.load_config(model_dir)
+  if fv.job != "spectral":
+    raise ValueError(f"--weights_only supports --job=spectral model directories; {model_dir} is --job={fv.job}")
+  priors = restore_spectral_priors(model_dir, fv)
+  step = tf.Variable(tf.train.load_checkpoint(prefix).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"), name="step")
+  tf.train.CheckpointManager(tf.train.Checkpoint(priors=priors, step=step), out_dir, max_to_keep=1).save(
+      checkpoint_number=int(step.numpy()))
+
+
+def ship(model_dir: str, output_dir: str, overrides=(), log=None, weights_only: bool = False) -> str:
   """Writes the shippable copy of `model_dir` to `output_dir`; returns the checkpoint prefix shipped."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   prefix = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
@@ -52,7 +70,9 @@ def ship(model_dir: str, output_dir: str, overrides=(), log=None) -> str:
       f.write("\n".join(lines) + "\n")
     os.makedirs(os.path.join(tmp, "checkpoints"))
     base = os.path.basename(prefix)
-    for name in os.listdir(os.path.dirname(prefix)):
+    if weights_only:
+      write_weights_only(model_dir, prefix, os.path.join(tmp, "checkpoints"))
+    for name in ([] if weights_only else os.listdir(os.path.dirname(prefix))):
       if name.startswith(base + "."):
         shutil.copy2(os.path.join(os.path.dirname(prefix), name), os.path.join(tmp, "checkpoints", name))
     with open(os.path.join(tmp, "checkpoints", "checkpoint"), "w", encoding="utf-8") as f:
@@ -73,7 +93,7 @@ def ship(model_dir: str, output_dir: str, overrides=(), log=None) -> str:
 def main(argv):
   del argv
   try:
-    prefix = ship(FLAGS.model_dir, FLAGS.output_dir, FLAGS.set, FLAGS.log)
+    prefix = ship(FLAGS.model_dir, FLAGS.output_dir, FLAGS.set, FLAGS.log, FLAGS.weights_only)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

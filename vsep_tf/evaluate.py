@@ -33,6 +33,7 @@ estimates as WAV files in --write_audio_dir if given. A table is printed at the 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -64,6 +65,7 @@ class EvalOptions:
   split: str = "test"
   toy_seed: int = 1234
   data_root: Optional[str] = None
+  valid_tracks: int = 0          # stems: train tracks held out as split 'valid' (0: the model's own setting)
   musdb_root: Optional[str] = None
   musdb_is_wav: bool = True
   sample_rate: int = 0           # 0: the data's own rate
@@ -127,6 +129,8 @@ def build_dataset(opts: EvalOptions):
     kwargs = dict(seed=opts.toy_seed)
   elif opts.dataset == "stems":
     kwargs = dict(root=opts.data_root)
+    if opts.valid_tracks:
+      kwargs["valid_tracks"] = opts.valid_tracks
   elif opts.dataset == "musdb":
     kwargs = dict(root=opts.musdb_root, is_wav=opts.musdb_is_wav)
   if opts.sample_rate:
@@ -467,6 +471,8 @@ def define_data_flags(fv: flags.FlagValues):
   flags.DEFINE_integer("toy_seed", d.toy_seed, "Toy data seed of the evaluation items (not the training seed).",
                        flag_values=fv)
   flags.DEFINE_string("data_root", None, "Stem folder root for --dataset=stems.", flag_values=fv)
+  flags.DEFINE_integer("valid_tracks", d.valid_tracks, "--dataset=stems: train tracks held out as split 'valid' "
+                       "(0: the model's own --valid_tracks).", flag_values=fv)
   flags.DEFINE_string("musdb_root", None, "MUSDB18(-HQ) root for --dataset=musdb.", flag_values=fv)
   flags.DEFINE_boolean("musdb_is_wav", d.musdb_is_wav, "MUSDB18-HQ (wav) rather than .stem.mp4.", flag_values=fv)
   flags.DEFINE_integer("sample_rate", d.sample_rate, "Data rate to score at (0: the data's own).", flag_values=fv)
@@ -521,6 +527,10 @@ def options_from_flags(fv, model_dir: Optional[str] = None) -> EvalOptions:
     logging.info("no --dataset: using the model's (%s)", kwargs["dataset"])
   for name in ("data_root", "musdb_root"):
     kwargs.setdefault(name, None)
+  if not kwargs.get("valid_tracks") and model_dir and os.path.isdir(model_dir):
+    from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
+    with contextlib.suppress(FileNotFoundError):
+      kwargs["valid_tracks"] = config_lib.load_config(model_dir).valid_tracks  # its held-out tracks, not others
   return EvalOptions(**kwargs)
 
 

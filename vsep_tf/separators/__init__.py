@@ -6,6 +6,7 @@
                              class-agnostically, named by the priors' energy)
   variational, supervised -> EncoderSeparator (one forward pass of the trained encoder)
   nmf                     -> NMFSeparator (per-class NMF dictionaries, Wiener masks: a classical baseline)
+  spectral                -> SpectralPriorSeparator (MAP under per-class spectral VAE priors, Wiener masks)
 """
 from vsep_tf.separators.base import Separator, consistency_projection
 
@@ -28,4 +29,7 @@ def load_separator(model_dir: str, overrides=()) -> Separator:
   if fv.job == "nmf":
     from vsep_tf.separators.nmf import NMFSeparator  # pylint: disable=import-outside-toplevel
     return NMFSeparator.from_model_dir(model_dir, fv)
+  if fv.job == "spectral":
+    from vsep_tf.separators.spectral import SpectralPriorSeparator  # pylint: disable=import-outside-toplevel
+    return SpectralPriorSeparator.from_model_dir(model_dir, fv)
   raise ValueError(f"{model_dir}: no separator for --job={fv.job}")

@@ -22,6 +22,8 @@ def dataset_from_config(fv):
     kwargs = dict(root=fv.data_root, min_rms=fv.min_rms, gain_db=fv.gain_db)
     if "bad_audio" in fv:
       kwargs["bad_audio"] = fv.bad_audio
+    if "valid_tracks" in fv and fv.valid_tracks:
+      kwargs["valid_tracks"] = fv.valid_tracks
   elif name == "musdb":
     if not fv.musdb_root:
       raise ValueError("--dataset=musdb needs --musdb_root (MUSDB18 or MUSDB18-HQ; it cannot be downloaded here)")

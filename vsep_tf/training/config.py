@@ -22,10 +22,12 @@ CONFIG_FILENAME = "config.flags"
 def _define_run_flags(fv: flags.FlagValues):
   # --- run ---
   flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard logs and config.flags go.", flag_values=fv)
-  flags.DEFINE_enum("job", "priors", ["priors", "variational", "supervised", "nmf"],
+  flags.DEFINE_enum("job", "priors", ["priors", "variational", "supervised", "nmf", "spectral"],
                     "What to train: one prior per source class ('priors'; also the Langevin separator), the "
                     "amortised encoder on mixes alone with frozen priors ('variational'), the same encoder on "
-                    "(mix, sources) pairs ('supervised'), per-class NMF dictionaries ('nmf').", flag_values=fv)
+                    "(mix, sources) pairs ('supervised'), per-class NMF dictionaries ('nmf'), one spectral VAE prior per "
+                    "source class, separating by MAP inference ('spectral'; settings --spectral.* and "
+                    "--spectral_search.*).", flag_values=fv)
   flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                     "tf.distribute strategy. multi_worker reads the cluster from TF_CONFIG.", flag_values=fv)
   flags.DEFINE_list("worker_hosts", [], "--strategy=multi_worker: 'host:port' of every worker (worker 0 is the "
@@ -60,6 +62,10 @@ def _define_run_flags(fv: flags.FlagValues):
   flags.DEFINE_enum("bad_audio", "error", ["error", "skip"],
                     "--dataset=stems: a corrupt or truncated audio file raises a clear error ('error'), or its "
                     "track is skipped with a warning and counted ('skip').", flag_values=fv)
+  flags.DEFINE_integer("valid_tracks", 0, "--dataset=stems: hold out this many train tracks as split 'valid' (by "
+                       "the CRC32 of their names; 0: none). Tune on --split=valid, never on test.", flag_values=fv)
+  flags.DEFINE_float("max_solo_seconds", 1200.0, "--job=spectral: solo audio read per source class (the train "
+                     "tracks in order until this much).", flag_values=fv)
   flags.DEFINE_string("musdb_root", None, "MUSDB18 / MUSDB18-HQ root.", flag_values=fv)
   flags.DEFINE_boolean("musdb_is_wav", True, "MUSDB18-HQ (wav) rather than stems .mp4.", flag_values=fv)
   flags.DEFINE_integer("sample_rate", 0, "Model sample rate (0: the dataset's own).", flag_values=fv)
@@ -164,9 +170,12 @@ def _define_factory_flags(fv: flags.FlagValues, family: str, factory):
 def factory_families():
   """name -> factory for every family whose hyperparameters are flags."""
   from vsep_tf import priors  # pylint: disable=import-outside-toplevel
+  from vsep_tf.priors import spectral  # pylint: disable=import-outside-toplevel
   from vsep_tf.separators import encoder, nmf, periodic  # pylint: disable=import-outside-toplevel
+  from vsep_tf.separators import spectral as spectral_search  # pylint: disable=import-outside-toplevel
   return {**priors.PRIORS, "encoder": encoder.build_encoder, "nmf": nmf.nmf_hyperparameters,
-          "periodic": periodic.periodic_hyperparameters}
+          "periodic": periodic.periodic_hyperparameters, "spectral": spectral.build_spectral_prior,
+          "spectral_search": spectral_search.spectral_search_hyperparameters}
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS):

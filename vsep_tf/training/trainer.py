@@ -360,4 +360,7 @@ def get_trainer(job: str):
   if job == "nmf":
     from vsep_tf.separators.nmf import NMFTrainer  # pylint: disable=import-outside-toplevel
     return NMFTrainer
+  if job == "spectral":
+    from vsep_tf.training.spectral_trainer import SpectralPriorTrainer  # pylint: disable=import-outside-toplevel
+    return SpectralPriorTrainer
   raise ValueError(f"unknown --job={job!r}")

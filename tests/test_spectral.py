@@ -1,0 +1,177 @@
+"""Spectral VAE priors and MAP separation under them: the prior's losses and augmentation, the trainer on a
+stem folder written here (real WAV files, a held-out 'valid' track), separation of two tone classes, the MAP
+fit, load_separator / evaluate on the valid split, bad input."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from vsep_tf import audio
+from vsep_tf.evaluation import bsseval
+from vsep_tf.priors.spectral import SpectralPrior, build_spectral_prior
+from vsep_tf.separators import spectral
+from vsep_tf.training import config as config_lib
+
+RATE = 8000
+PITCHES = 110.0 * 2.0 ** (np.arange(0, 24, 2) / 12)  # a whole-tone grid over two octaves
+SMALL = ["--spectral.n_fft=512", "--spectral.hop=128", "--spectral.latent_dim=4", "--spectral.hidden_units=64"]
+
+
+def _tone(kind, f, seconds, rng):
+  t = np.arange(int(seconds * RATE)) / RATE
+  phase = 2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)
+  x = np.sin(phase) if kind == "sine" else np.sign(np.sin(phase))
+  return (rng.uniform(0.1, 0.3) * x).astype(np.float32)
+
+
+def _notes(kind, n, rng, seconds=0.5):
+  return np.concatenate([_tone(kind, rng.choice(PITCHES), seconds, rng) for _ in range(n)])
+
+
+def _stem_folder(root, num_tracks=4, notes=16):
+  """root/train/<track>/{sine,square,mixture}.wav: solo note sequences of two classes (and their sum)."""
+  rng = np.random.default_rng(0)
+  for i in range(num_tracks):
+    d = root / "train" / f"track{i}"
+    d.mkdir(parents=True)
+    stems = {kind: _notes(kind, notes, rng) for kind in ("sine", "square")}
+    for kind, x in stems.items():
+      audio.write_audio(str(d / f"{kind}.wav"), x, RATE)
+    audio.write_audio(str(d / "mixture.wav"), stems["sine"] + stems["square"], RATE)
+  return root
+
+
+def test_prior_losses_augmentation_and_config():
+  prior = build_spectral_prior(n_fft=256, hop=64, latent_dim=3, hidden_units=16, concentration=50.0, eq_db=6.0)
+  v = tf.random.uniform([5, 129], 0.0, 1.0)
+  losses = prior.compute_losses(v, training=True)
+  assert set(losses) == {"total_loss", "reconstruction", "kl"}
+  assert all(t.shape == (5,) and np.isfinite(t.numpy()).all() for t in losses.values())
+  np.testing.assert_allclose(losses["total_loss"], losses["reconstruction"] + losses["kl"], rtol=1e-5)
+  # the reconstruction is concentration x cross-entropy >= concentration x entropy of the frame's shape
+  u = (v / tf.reduce_sum(v, -1, keepdims=True)).numpy()
+  entropy = -np.sum(u * np.log(u + 1e-12), axis=-1)
+  eval_losses = prior.compute_losses(v, training=False)
+  assert np.all(eval_losses["reconstruction"].numpy() >= 50.0 * entropy - 1e-2)
+  # gain invariance: the encoder reads the normalised spectrum
+  np.testing.assert_allclose(prior.encode(v)[0], prior.encode(7.0 * v)[0], atol=1e-5)
+  # the tilt moves energy between low and high bins; eq_db=0 leaves frames alone
+  tilted = prior.tilt(tf.ones([200, 129])).numpy()
+  assert tilted[:, -1].std() > 0.1 and np.allclose(tilted[:, 0], 1.0)
+  flat = build_spectral_prior(n_fft=256, hop=64, latent_dim=3, hidden_units=16)
+  assert flat.tilt(v) is v and flat.shift_pitch(v) is v
+  # the pitch shift scales the frequency axis: a partial at bin 40 moves within +-1 octave for +-12 semitones
+  octave = build_spectral_prior(n_fft=256, hop=64, latent_dim=3, hidden_units=16, pitch_semitones=12.0)
+  delta = np.zeros([500, 129], np.float32)
+  delta[:, 40] = 1.0
+  shifted = octave.shift_pitch(tf.constant(delta)).numpy()
+  centre = (shifted * np.arange(129)).sum(-1) / shifted.sum(-1)
+  assert 19.9 <= centre.min() < 25 and 75 < centre.max() <= 80.1 and (shifted >= 0).all()
+  again = SpectralPrior.from_config(prior.get_config())
+  assert again.get_config() == prior.get_config() and again.bins == 129
+  shape = again.log_shape(tf.zeros([2, 7, 3]))
+  assert shape.shape == (2, 7, 129)
+  np.testing.assert_allclose(tf.reduce_sum(tf.exp(shape), -1), 1.0, rtol=1e-5)
+  for bad in (dict(latent_dim=0), dict(concentration=0.0), dict(eq_db=-1.0), dict(pitch_semitones=-1.0)):
+    with pytest.raises(ValueError):
+      build_spectral_prior(**bad)
+
+
+def test_search_settings_are_checked():
+  assert spectral.spectral_search_hyperparameters()["init"] == "encoder"
+  with pytest.raises(ValueError, match="init"):
+    spectral.spectral_search_hyperparameters(init="random")
+  with pytest.raises(ValueError):
+    spectral.spectral_search_hyperparameters(learning_rate=0.0)
+  a = build_spectral_prior(n_fft=256, hop=64, latent_dim=2, hidden_units=8)
+  b = build_spectral_prior(n_fft=512, hop=64, latent_dim=2, hidden_units=8)
+  with pytest.raises(ValueError, match="different STFT"):
+    spectral.SpectralPriorSeparator({"a": a, "b": b}, RATE, "sum")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A --job=spectral model directory trained on a two-class stem folder with one track held out."""
+  from vsep_tf.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+  root = _stem_folder(tmp_path_factory.mktemp("stems"))
+  model_dir = tmp_path_factory.mktemp("model") / "spectral"
+  fv = config_lib.define_flags(flags.FlagValues())
+  fv(["x", f"--model_dir={model_dir}", "--job=spectral", "--dataset=stems", f"--data_root={root}",
+      "--valid_tracks=1", "--train_steps=400", "--batch_size=64", "--learning_rate=3e-3", "--grad_clip_norm=0",
+      "--steps_per_loop=50", "--checkpoint_every=200", "--spectral_search.iterations=150", *SMALL])
+  trainer = trainer_lib.get_trainer("spectral")(fv, None)
+  first = trainer.train(num_steps=20)
+  metrics = trainer.train()
+  return root, model_dir, trainer, first, metrics
+
+
+def test_trainer_learns_each_class_from_solo_frames(trained):
+  _, model_dir, trainer, first, metrics = trained
+  assert int(trainer.step.numpy()) == 400 and set(metrics) == {"sine", "square", "total_loss"}
+  assert metrics["sine"] < first["sine"] and metrics["square"] < first["square"], (first, metrics)
+  assert (model_dir / "config.flags").exists() and (model_dir / "checkpoints" / "checkpoint").exists()
+  # only the 3 train tracks were read: the held-out track is not in the data
+  assert sorted(t.name for t in trainer.data._tracks["valid"]) and len(trainer.data._tracks["train"]) == 3
+
+
+def test_separates_two_tone_classes_and_the_fit_lowers_its_objective(trained):
+  from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
+  _, model_dir, _, _, _ = trained
+  sep = load_separator(str(model_dir))
+  assert isinstance(sep, spectral.SpectralPriorSeparator) and sep.source_names == ("sine", "square")
+  assert sep.settings["iterations"] == 150 and sep.n_fft == 512
+  rng = np.random.default_rng(99)  # new notes, pairs and phases
+  pairs = [rng.choice(PITCHES, size=2, replace=False) for _ in range(4)]
+  sources = np.stack([np.stack([_tone("sine", f, 1.0, rng), _tone("square", g, 1.0, rng)]) for f, g in pairs])
+  mixes = sources.sum(axis=1)
+  est = np.asarray(sep.separate(mixes))
+  assert est.shape == sources.shape and np.isfinite(est).all()
+  np.testing.assert_allclose(est.sum(axis=1), mixes, atol=2e-3)  # Wiener masks of the sum
+  gains = np.stack([bsseval.si_sdr_scores(sources[i], est[i], mixes[i])["si_sdri"] for i in range(4)])
+  assert np.median(gains) > 10.0, gains
+  # the MAP fit: more iterations explain the mixture at least as well under the same prior weight
+  mag = tf.abs(tf.signal.stft(tf.constant(mixes), 512, 128, fft_length=512))
+  def objective(iterations):
+    fit = spectral.SpectralPriorSeparator(sep.priors, RATE, "sum", iterations=iterations)
+    y = tf.reduce_sum(fit.source_models(mag), axis=1) + 1e-8
+    return float(tf.reduce_sum(mag * tf.math.log((mag + 1e-8) / y) - mag + y))
+  assert objective(100) < 0.7 * objective(0)
+  with pytest.raises(ValueError, match="batch, time"):
+    sep.separate(mixes[0])
+
+
+def test_evaluate_reads_the_models_held_out_split(trained):
+  from vsep_tf import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+  root, model_dir, _, _, _ = trained
+  fv = evaluate_lib.define_flags(flags.FlagValues())
+  fv(["x", f"--model_dir={model_dir}", "--split=valid", "--num_workers=0"])
+  opts = evaluate_lib.options_from_flags(fv, str(model_dir))
+  assert opts.valid_tracks == 1 and opts.data_root == str(root)
+  r = evaluate_lib.evaluate(opts, model_dir=str(model_dir), verbose=0)
+  assert r["method"] == "spectral" and r["num_tracks"] == 1 and r["split"] == "valid"
+  assert r["overall"]["si_sdri"] > 5.0, r["overall"]
+
+
+
+def test_ship_weights_only_drops_the_optimizer_state(trained, tmp_path):
+  import shutil  # pylint: disable=import-outside-toplevel
+  from tools import ship_model  # pylint: disable=import-outside-toplevel
+  from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
+  _, model_dir, _, _, _ = trained
+  out = tmp_path / "shipped"
+  prefix = ship_model.ship(str(model_dir), str(out), weights_only=True)
+  assert prefix.endswith("ckpt-400")
+  assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+      "checkpoint", "ckpt-400.data-00000-of-00001", "ckpt-400.index"]
+  def size(d):
+    return sum(f.stat().st_size for f in d.glob("ckpt-400.*"))
+  assert size(out / "checkpoints") < 0.5 * size(model_dir / "checkpoints")  # Adam's two moments are gone
+  mix = np.random.default_rng(1).standard_normal([1, 4000]).astype(np.float32) * 0.1
+  np.testing.assert_array_equal(load_separator(str(out)).separate(mix), load_separator(str(model_dir)).separate(mix))
+  other = tmp_path / "other"
+  shutil.copytree(model_dir, other)
+  config = (other / "config.flags").read_text().replace("--job=spectral", "--job=nmf")
+  (other / "config.flags").write_text(config)
+  with pytest.raises(ValueError, match="supports --job=spectral"):
+    ship_model.ship(str(other), str(tmp_path / "refused"), weights_only=True)
+  assert not (tmp_path / "refused").exists()
