@@ -220,3 +220,15 @@ def test_cli_refuses_an_unknown_model_flag(tmp_path):
               f"--output_json={out}", timeout=60)
   assert proc.returncode == 1 and "no_such_flag" in proc.stderr, proc.stderr[-2000:]
   assert not out.exists()
+
+
+def test_spectral_tilt_is_a_linear_eq_per_octave():
+  from vsep_tf import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+  rate = 16000
+  t = np.arange(rate) / rate
+  tones = np.stack([np.sin(2 * np.pi * f * t) for f in (1000.0, 2000.0, 250.0)]).astype(np.float32)
+  out = evaluate_lib.spectral_tilt(tones, rate, 3.0)
+  gain_db = 20 * np.log10(np.abs(out).max(-1) / np.abs(tones).max(-1))
+  np.testing.assert_allclose(gain_db, [0.0, 3.0, -6.0], atol=0.05)  # 0 / +1 / -2 octaves from 1 kHz
+  np.testing.assert_allclose(evaluate_lib.spectral_tilt(tones.sum(0), rate, 3.0), out.sum(0), atol=1e-4)
+  np.testing.assert_array_equal(evaluate_lib.spectral_tilt(tones, rate, 0.0).shape, tones.shape)

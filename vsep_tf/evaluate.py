@@ -72,6 +72,7 @@ class EvalOptions:
   mix: str = ""                  # '': the dataset's default mixing function
   num_examples: int = 0          # 0: toy 40 items, otherwise every track of the split
   max_seconds: float = 0.0       # crop every track to its first max_seconds (0: whole)
+  eq_tilt_db_per_octave: float = 0.0  # robustness check: the same spectral tilt on every source and the mix
   batch_size: int = 8
   num_workers: int = 2           # scoring processes (0: score in this process)
   oracle_fft: int = 0            # 0: 4096 for toy, else the power of two >= 64 ms
@@ -165,7 +166,22 @@ def iter_tracks(dataset, opts: EvalOptions) -> Iterator[Tuple[str, np.ndarray, n
       raise ValueError(f"track {name}: multichannel audio {mix.shape}; the evaluation is mono")
     if crop:
       mix, sources = mix[:crop], sources[:, :crop]
+    if opts.eq_tilt_db_per_octave:
+      mix = spectral_tilt(mix, dataset.sample_rate, opts.eq_tilt_db_per_octave)
+      sources = spectral_tilt(sources, dataset.sample_rate, opts.eq_tilt_db_per_octave)
     yield name, mix, sources
+
+
+def spectral_tilt(x, sample_rate: int, db_per_octave: float, reference_hz: float = 1000.0,
+                  floor_hz: float = 50.0) -> np.ndarray:
+  """x [..., T] through a zero-phase EQ of `db_per_octave` dB per octave around reference_hz (flat below
+  floor_hz): a brighter (> 0) or darker (< 0) recording of the same notes. Linear, so applied to the sources and
+  to their mix alike the mix stays their sum."""
+  x = np.asarray(x, np.float32)
+  freqs = np.fft.rfftfreq(x.shape[-1], 1.0 / sample_rate)
+  gain_db = db_per_octave * np.log2(np.maximum(freqs, floor_hz) / reference_hz)
+  spec = np.fft.rfft(x.astype(np.float64), axis=-1) * 10.0 ** (gain_db / 20.0)
+  return np.fft.irfft(spec, n=x.shape[-1], axis=-1).astype(np.float32)
 
 
 def make_separator(method: Optional[str], model_dir: Optional[str], dataset, opts: EvalOptions,
@@ -480,6 +496,9 @@ def define_data_flags(fv: flags.FlagValues):
                     flag_values=fv)
   flags.DEFINE_integer("num_examples", d.num_examples, "Tracks / toy items to evaluate (0: toy 40, else all).",
                        flag_values=fv)
+  flags.DEFINE_float("eq_tilt_db_per_octave", d.eq_tilt_db_per_octave, "Robustness to timbre: pass every source "
+                     "(and so the mix) through a spectral tilt of this many dB per octave around 1 kHz (0: off).",
+                     flag_values=fv)
   flags.DEFINE_float("max_seconds", d.max_seconds, "Crop every track to its first seconds (0: whole).",
                      flag_values=fv)
   flags.DEFINE_integer("batch_size", d.batch_size, "Toy excerpts per separate() call; chunks per batch for long "
