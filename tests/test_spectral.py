@@ -175,3 +175,17 @@ def test_ship_weights_only_drops_the_optimizer_state(trained, tmp_path):
   with pytest.raises(ValueError, match="supports --job=spectral"):
     ship_model.ship(str(other), str(tmp_path / "refused"), weights_only=True)
   assert not (tmp_path / "refused").exists()
+
+
+def test_exports_to_saved_model_but_refuses_tflite(trained, tmp_path):
+  from vsep_tf.export import saved_model, tflite  # pylint: disable=import-outside-toplevel
+  from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
+  _, model_dir, _, _, _ = trained
+  sep = load_separator(str(model_dir))
+  path = saved_model.export_saved_model(sep, str(tmp_path / "exports"), "spectral", chunk_length=8000)
+  served = saved_model.SavedModelSeparator(path)
+  assert served.method == "saved_model/spectral" and served.source_names == sep.source_names
+  mix = (0.2 * np.sin(2 * np.pi * 220 * np.arange(8000) / RATE)[None]).astype(np.float32)
+  np.testing.assert_allclose(served.separate(mix), sep.separate(mix), atol=1e-4)
+  with pytest.raises(ValueError, match="does not convert to TFLite"):
+    tflite.convert(str(tmp_path / "exports" / "spectral"))

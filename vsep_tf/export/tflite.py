@@ -46,6 +46,13 @@ def frozen_chunk_function(saved_model_dir: str):
   return convert_to_constants.convert_variables_to_constants_v2(fn), chunk
 
 
+# Separators whose graphs use ops outside TFLite's builtins (measured: the converter fails on them).
+NOT_CONVERTIBLE = {
+    "spectral": "its MAP fit runs on STFT frames (complex RFFT / IRFFT slices) and differentiates GELU (Erfc) "
+                "inside the graph, ops TFLite's builtins lack; serve the SavedModel with TF-Serving, or convert "
+                "an encoder directory (e.g. pretrained/chorales/encoder)"}
+
+
 def _frozen_chunk_module(saved_model_dir: str):
   """A tf.Module whose `separate_chunk` is the export's chunk signature with its variables frozen."""
   frozen, chunk = frozen_chunk_function(saved_model_dir)
@@ -64,6 +71,10 @@ def convert(saved_model_dir: str, quantize: str = "none") -> bytes:
   if quantize not in QUANTIZATIONS:
     raise ValueError(f"quantize must be one of {sorted(QUANTIZATIONS)}, got {quantize!r}")
   path = saved_model_lib.version_dir(saved_model_dir)
+  method = saved_model_lib.read_metadata(path).get("method")
+  if method in NOT_CONVERTIBLE:
+    raise ValueError(f"{saved_model_dir}: a {method!r} separator does not convert to TFLite: "
+                     f"{NOT_CONVERTIBLE[method]}")
   module, _ = _frozen_chunk_module(path)
   scratch = tempfile.mkdtemp(prefix="vsep-tflite-")
   try:

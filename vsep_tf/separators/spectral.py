@@ -145,7 +145,8 @@ class SpectralPriorSeparator(Separator):
     mix = tf.convert_to_tensor(mix, tf.float32)
     if mix.shape.rank != 2:
       raise ValueError(f"separate takes [batch, time], got shape {mix.shape}")
-    return self._fn(mix)
+    # Traced inline into a caller's graph (an export): no nested function call for the converters to freeze.
+    return self._separate(mix) if tf.inside_function() else self._fn(mix)
 
   def describe(self) -> dict:
     return {**super().describe(), "n_fft": self.n_fft, "hop": self.hop, "concentration": self.concentration,
