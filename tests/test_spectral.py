@@ -189,3 +189,37 @@ def test_exports_to_saved_model_but_refuses_tflite(trained, tmp_path):
   np.testing.assert_allclose(served.separate(mix), sep.separate(mix), atol=1e-4)
   with pytest.raises(ValueError, match="does not convert to TFLite"):
     tflite.convert(str(tmp_path / "exports" / "spectral"))
+
+
+def test_amortised_encoder_trains_on_mixes_alone_and_separates_in_one_pass(trained, tmp_path):
+  from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
+  from vsep_tf.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+  root, prior_dir, _, _, _ = trained
+  model_dir = tmp_path / "encoder"
+  fv = config_lib.define_flags(flags.FlagValues())
+  fv(["x", f"--model_dir={model_dir}", "--job=spectral_encoder", f"--prior_dir={prior_dir}", "--dataset=stems",
+      f"--data_root={root}", "--valid_tracks=1", "--crop_length=8000", "--batch_size=8", "--train_steps=300",
+      "--learning_rate=3e-3", "--grad_clip_norm=0", "--steps_per_loop=50", "--checkpoint_every=300",
+      "--spectral_encoder.hidden_units=64", "--spectral_search.iterations=0"])
+  trainer = trainer_lib.get_trainer("spectral_encoder")(fv, None)
+  frozen = [v.numpy().copy() for p in trainer.priors.values() for v in p.weights]
+  first = trainer.train(num_steps=10)
+  last = trainer.train()
+  assert last["total_loss"] < first["total_loss"] and set(last) == {"total_loss", "data", "kl"}
+  assert all(np.array_equal(a, v.numpy()) for a, v in zip(frozen, [v for p in trainer.priors.values()
+                                                                   for v in p.weights]))  # priors frozen
+  assert next(iter(trainer.dataset)).keys() == {"mix"}  # the sources never reach the training step
+  sep = load_separator(str(model_dir))
+  assert isinstance(sep, spectral.SpectralPriorSeparator) and sep.encoder is not None
+  assert sep.settings["iterations"] == 0 and sep.describe()["amortised_encoder"]
+  rng = np.random.default_rng(7)
+  pairs = [rng.choice(PITCHES, size=2, replace=False) for _ in range(4)]
+  sources = np.stack([np.stack([_tone("sine", f, 1.0, rng), _tone("square", g, 1.0, rng)]) for f, g in pairs])
+  mixes = sources.sum(axis=1)
+  est = np.asarray(sep.separate(mixes))  # one forward pass
+  gains = np.stack([bsseval.si_sdr_scores(sources[i], est[i], mixes[i])["si_sdri"] for i in range(4)])
+  assert np.median(gains) > 5.0, gains
+  bad = config_lib.define_flags(flags.FlagValues())
+  bad(["x", f"--model_dir={tmp_path / 'bad'}", "--job=spectral_encoder", "--dataset=stems", f"--data_root={root}"])
+  with pytest.raises(ValueError, match="needs --prior_dir"):
+    trainer_lib.get_trainer("spectral_encoder")(bad, None)

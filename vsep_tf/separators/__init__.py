@@ -7,6 +7,7 @@
   variational, supervised -> EncoderSeparator (one forward pass of the trained encoder)
   nmf                     -> NMFSeparator (per-class NMF dictionaries, Wiener masks: a classical baseline)
   spectral                -> SpectralPriorSeparator (MAP under per-class spectral VAE priors, Wiener masks)
+  spectral_encoder        -> the same, started from (or, with iterations=0, given by) the amortised encoder
 """
 from vsep_tf.separators.base import Separator, consistency_projection
 
@@ -29,7 +30,7 @@ def load_separator(model_dir: str, overrides=()) -> Separator:
   if fv.job == "nmf":
     from vsep_tf.separators.nmf import NMFSeparator  # pylint: disable=import-outside-toplevel
     return NMFSeparator.from_model_dir(model_dir, fv)
-  if fv.job == "spectral":
+  if fv.job in ("spectral", "spectral_encoder"):
     from vsep_tf.separators.spectral import SpectralPriorSeparator  # pylint: disable=import-outside-toplevel
     return SpectralPriorSeparator.from_model_dir(model_dir, fv)
   raise ValueError(f"{model_dir}: no separator for --job={fv.job}")

@@ -20,6 +20,16 @@ Estimates: power-p Wiener masks M_k = V_k^p / sum_j V_j^p on the mixture STFT (o
 masks_to_sources, as the NMF baseline and the IRM oracle), so they add up to the mixture (as a sum; a 'mean'
 mix is scaled by N first, like every mask separator here).
 
+Amortised inference (`SpectralEncoder`, --job=spectral_encoder, training/spectral_trainer.py): one network
+reads the MIXTURE's frames (with +-context_frames of context) and outputs, for every class and frame, a
+Gaussian q(z_kt | X) and the class's share of the frame's mass (softmax over classes). It is trained on
+training MIXES alone (the sources never reach it) by maximising the ELBO of the frozen priors' model,
+
+    ELBO = -concentration * sum_t D_KL(X_t | Y_t(z, a)) / mean_t(sum_f X_t) - sum KL(q(z | X) || N(0, I)),
+
+z ~ q (reparameterised). Its means and shares are then the MAP fit's starting point (init='encoder' with an
+encoder present), and with iterations=0 the separation is one forward pass.
+
 Frames are independent: long inputs are cut into chunks (`chunk_length`) with no loss but the cross-fade.
 """
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import os
 from typing import Dict
 
+import keras
 import tensorflow as tf
 
 from vsep_tf import signal as signal_lib
@@ -53,6 +64,59 @@ def spectral_search_hyperparameters(iterations: int = 300, learning_rate: float 
               mask_power=float(mask_power), init=str(init))
 
 
+def mixture_objective(priors, x, z, a, concentration: float):
+  """(frame models V [B, N, F, bins], data term per mix [B]): V_k = exp(a_k) softmax(f_k(z_k)) for latents
+  z [B, N, F, d] and log-gains a [B, N, F]; data = concentration * D_KL(X | sum_k V_k) / mean frame mass of X."""
+  log_shapes = tf.stack([p.log_shape(z[:, k]) for k, p in enumerate(priors)], axis=1)
+  models = tf.exp(a[..., None] + log_shapes)
+  y = tf.reduce_sum(models, axis=1) + EPS
+  scale = concentration / (tf.reduce_mean(tf.reduce_sum(x, axis=-1), axis=-1) + EPS)
+  return models, tf.reduce_sum(x * tf.math.log((x + EPS) / y) - x + y, axis=[1, 2]) * scale
+
+
+@keras.saving.register_keras_serializable(package="vsep_tf")
+class SpectralEncoder(keras.Model):
+  """q(z_k | X) and the classes' mass shares for every frame of a mixture (module docstring)."""
+
+  def __init__(self, num_sources: int, bins: int, latent_dim: int, hidden_units: int = 512,
+               context_frames: int = 2, **kwargs):
+    super().__init__(**kwargs)
+    self.num_sources, self.bins, self.latent_dim = int(num_sources), int(bins), int(latent_dim)
+    self.hidden_units, self.context_frames = int(hidden_units), int(context_frames)
+    self.context = keras.layers.Conv1D(self.hidden_units, 2 * self.context_frames + 1, padding="same",
+                                       activation="gelu", name="context")
+    self.hidden = keras.layers.Dense(self.hidden_units, activation="gelu", name="hidden")
+    self.head = keras.layers.Dense(self.num_sources * (2 * self.latent_dim + 1), name="head")
+    self.context.build((None, None, self.bins + 1))
+    self.hidden.build((None, None, self.hidden_units))
+    self.head.build((None, None, self.hidden_units))
+    self.built = True
+
+  def call(self, x, training=False):
+    """Mixture magnitudes x [B, F, bins] -> (mu, logvar [B, N, F, d], log mass share [B, N, F])."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    mass = tf.reduce_sum(x, axis=-1, keepdims=True)
+    level = tf.math.log(mass / (tf.reduce_mean(mass, axis=1, keepdims=True) + EPS) + 1e-4)  # relative loudness
+    shape = tf.math.log(x / (mass + EPS) * float(self.bins) + 1e-3)
+    h = self.head(self.hidden(self.context(tf.concat([shape, level], axis=-1))))
+    b, f = tf.shape(x)[0], tf.shape(x)[1]
+    h = tf.transpose(tf.reshape(h, [b, f, self.num_sources, 2 * self.latent_dim + 1]), [0, 2, 1, 3])
+    mu, logvar, share = tf.split(h, [self.latent_dim, self.latent_dim, 1], axis=-1)
+    return mu, tf.clip_by_value(logvar, -10.0, 4.0), tf.nn.log_softmax(share[..., 0], axis=1)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_sources=self.num_sources, bins=self.bins, latent_dim=self.latent_dim,
+                  hidden_units=self.hidden_units, context_frames=self.context_frames)
+    return config
+
+
+def build_spectral_encoder(hidden_units: int = 512, context_frames: int = 2):
+  """The amortised encoder's settings (flags --spectral_encoder.<name>); the sizes of the priors fill the rest:
+  SpectralEncoder(num_sources, bins, latent_dim, **build_spectral_encoder(...))."""
+  return dict(hidden_units=int(hidden_units), context_frames=int(context_frames))
+
+
 class SpectralPriorSeparator(Separator):
   """MAP separation under {name: SpectralPrior} (module docstring)."""
 
@@ -60,7 +124,7 @@ class SpectralPriorSeparator(Separator):
 
   def __init__(self, priors: dict, sample_rate: int, mix: str, iterations: int = 300, learning_rate: float = 0.05,
                prior_weight: float = 1.0, mask_power: float = 2.0, init: str = "encoder",
-               chunk_length: int = 2 ** 18):
+               chunk_length: int = 2 ** 18, encoder: "SpectralEncoder" = None):
     self.priors = dict(priors)
     if not self.priors:
       raise ValueError("no priors")
@@ -73,20 +137,33 @@ class SpectralPriorSeparator(Separator):
       if (prior.n_fft, prior.hop, prior.concentration) != (first.n_fft, first.hop, first.concentration):
         raise ValueError(f"prior {name!r} has a different STFT or concentration from {self.source_names[0]!r}")
     self.n_fft, self.hop, self.concentration = first.n_fft, first.hop, first.concentration
+    self.encoder = encoder  # amortised q(z | X) (--job=spectral_encoder) or None: the priors' own encoders
+    if encoder is not None and encoder.num_sources != len(self.priors):
+      raise ValueError(f"the encoder has {encoder.num_sources} sources, the priors {len(self.priors)}")
     self.chunk_length = int(chunk_length)
     self.chunk_overlap = self.chunk_length // 16
     self._fn = tf.function(self._separate, reduce_retracing=True)
 
   @classmethod
   def from_model_dir(cls, model_dir: str, fv=None, **kwargs):
-    """The priors of a --job=spectral model directory with its --spectral_search.* settings (or overrides)."""
+    """The priors of a --job=spectral model directory with its --spectral_search.* settings (or overrides); a
+    --job=spectral_encoder directory adds its amortised encoder to the priors of its --prior_dir."""
     from vsep_tf.training import builders  # pylint: disable=import-outside-toplevel
     from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
     fv = fv or config_lib.load_config(model_dir)
-    priors = restore_spectral_priors(model_dir, fv)
-    data = builders.dataset_from_config(fv)
     options = config_lib.factory_kwargs(fv, "spectral_search")
     options.update(kwargs)
+    data = builders.dataset_from_config(fv)
+    if fv.job == "spectral_encoder":
+      priors = restore_spectral_priors(fv.prior_dir, config_lib.load_config(fv.prior_dir))
+      encoder = build_encoder_for(priors, fv)
+      path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+      if path is None:
+        raise FileNotFoundError(f"no checkpoint in {model_dir}/checkpoints")
+      tf.train.Checkpoint(encoder=encoder).restore(path).expect_partial().assert_existing_objects_matched()
+      options["encoder"] = encoder
+    else:
+      priors = restore_spectral_priors(model_dir, fv)
     return cls(priors, data.sample_rate, data.mix, **options)
 
   # ------------------------------------------------------------------------------------------------ core
@@ -96,22 +173,19 @@ class SpectralPriorSeparator(Separator):
     s = self.settings
     x = tf.convert_to_tensor(magnitude, tf.float32)
     mass = tf.reduce_sum(x, axis=-1)                                           # [B, F]
-    scale = self.concentration / (tf.reduce_mean(mass, axis=-1) + EPS)         # [B]
     priors = list(self.priors.values())
     n = len(priors)
-    if s["init"] == "encoder":
+    a = tf.tile(tf.math.log(mass / n + EPS)[:, None], [1, n, 1])               # [B, N, F]
+    if s["init"] == "encoder" and self.encoder is not None:
+      z, _, log_share = self.encoder(x)
+      a = log_share + tf.math.log(mass + EPS)[:, None]
+    elif s["init"] == "encoder":
       z = tf.stack([p.encode(x)[0] for p in priors], axis=1)                  # [B, N, F, d]
     else:
       z = tf.zeros(tf.concat([tf.shape(x)[:1], [n], tf.shape(x)[1:2], [priors[0].latent_dim]], 0))
-    a = tf.tile(tf.math.log(mass / n + EPS)[:, None], [1, n, 1])               # [B, N, F]
-
-    def models(z, a):
-      log_shapes = tf.stack([p.log_shape(z[:, k]) for k, p in enumerate(priors)], axis=1)
-      return tf.exp(a[..., None] + log_shapes)                                # [B, N, F, bins]
 
     def loss(z, a):
-      y = tf.reduce_sum(models(z, a), axis=1) + EPS
-      data = tf.reduce_sum(x * tf.math.log((x + EPS) / y) - x + y, axis=[1, 2]) * scale
+      _, data = mixture_objective(priors, x, z, a, self.concentration)
       return tf.reduce_sum(data) + 0.5 * s["prior_weight"] * tf.reduce_sum(tf.square(z))
 
     b1, b2, lr = 0.9, 0.999, s["learning_rate"]
@@ -132,7 +206,7 @@ class SpectralPriorSeparator(Separator):
     zeros = lambda v: tf.zeros_like(v)  # pylint: disable=unnecessary-lambda-assignment
     _, z, a, *_ = tf.while_loop(lambda i, *_: i < s["iterations"], body,
                                 (tf.constant(0), z, a, zeros(z), zeros(z), zeros(a), zeros(a)))
-    return models(z, a)
+    return mixture_objective(priors, x, z, a, self.concentration)[0]
 
   def _separate(self, mix):
     length = tf.shape(mix)[-1]
@@ -150,7 +224,15 @@ class SpectralPriorSeparator(Separator):
 
   def describe(self) -> dict:
     return {**super().describe(), "n_fft": self.n_fft, "hop": self.hop, "concentration": self.concentration,
-            **self.settings}
+            "amortised_encoder": self.encoder is not None, **self.settings}
+
+
+def build_encoder_for(priors: dict, fv) -> SpectralEncoder:
+  """The amortised encoder for these priors with the --spectral_encoder.* settings of `fv`."""
+  from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
+  first = next(iter(priors.values()))
+  return SpectralEncoder(len(priors), first.bins, first.latent_dim,
+                         **build_spectral_encoder(**config_lib.factory_kwargs(fv, "spectral_encoder")))
 
 
 def restore_spectral_priors(model_dir: str, fv) -> dict:

@@ -22,12 +22,13 @@ CONFIG_FILENAME = "config.flags"
 def _define_run_flags(fv: flags.FlagValues):
   # --- run ---
   flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard logs and config.flags go.", flag_values=fv)
-  flags.DEFINE_enum("job", "priors", ["priors", "variational", "supervised", "nmf", "spectral"],
+  flags.DEFINE_enum("job", "priors", ["priors", "variational", "supervised", "nmf", "spectral", "spectral_encoder"],
                     "What to train: one prior per source class ('priors'; also the Langevin separator), the "
                     "amortised encoder on mixes alone with frozen priors ('variational'), the same encoder on "
                     "(mix, sources) pairs ('supervised'), per-class NMF dictionaries ('nmf'), one spectral VAE prior per "
                     "source class, separating by MAP inference ('spectral'; settings --spectral.* and "
-                    "--spectral_search.*).", flag_values=fv)
+                    "--spectral_search.*), the amortised encoder for spectral priors on mixes alone by their "
+                    "ELBO ('spectral_encoder'; --prior_dir, --spectral_encoder.*).", flag_values=fv)
   flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                     "tf.distribute strategy. multi_worker reads the cluster from TF_CONFIG.", flag_values=fv)
   flags.DEFINE_list("worker_hosts", [], "--strategy=multi_worker: 'host:port' of every worker (worker 0 is the "
@@ -175,7 +176,8 @@ def factory_families():
   from vsep_tf.separators import spectral as spectral_search  # pylint: disable=import-outside-toplevel
   return {**priors.PRIORS, "encoder": encoder.build_encoder, "nmf": nmf.nmf_hyperparameters,
           "periodic": periodic.periodic_hyperparameters, "spectral": spectral.build_spectral_prior,
-          "spectral_search": spectral_search.spectral_search_hyperparameters}
+          "spectral_search": spectral_search.spectral_search_hyperparameters,
+          "spectral_encoder": spectral_search.build_spectral_encoder}
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS):

@@ -70,3 +70,55 @@ class SpectralPriorTrainer(Trainer):
     self.apply_gradients(tape, total)
     losses["total_loss"] = total
     return losses
+
+
+class SpectralEncoderTrainer(Trainer):
+  """--job=spectral_encoder: the amortised encoder (separators/spectral.py) on training MIXES alone, by the
+  ELBO of the frozen spectral priors of --prior_dir. Each step: a batch of --crop_length mixes (the sources are
+  dropped by the data pipeline), their magnitude STFT, q(z | X) and mass shares from the encoder, z sampled,
+  loss = -ELBO per mix averaged over the GLOBAL batch (data term + KL(q || N(0, I)), both per frame summed)."""
+
+  def build_models(self):
+    from vsep_tf.separators import spectral  # pylint: disable=import-outside-toplevel
+    fv = self.fv
+    if not fv.prior_dir:
+      raise ValueError("--job=spectral_encoder needs --prior_dir (a --job=spectral model directory)")
+    prior_fv = config_lib.load_config(fv.prior_dir)
+    if prior_fv.job != "spectral":
+      raise ValueError(f"--prior_dir={fv.prior_dir} is a --job={prior_fv.job} directory, not --job=spectral")
+    self.priors = spectral.restore_spectral_priors(fv.prior_dir, prior_fv)
+    if tuple(self.priors) != self.source_names:
+      raise ValueError(f"the priors are for {tuple(self.priors)}, the data has {self.source_names}")
+    for prior in self.priors.values():
+      prior.trainable = False
+    self.encoder = spectral.build_encoder_for(self.priors, fv)
+    self.variables = list(self.encoder.trainable_variables)
+    first = next(iter(self.priors.values()))
+    self.n_fft, self.hop, self.concentration = first.n_fft, first.hop, first.concentration
+    self.objective = spectral.mixture_objective
+    return {"encoder": self.encoder}
+
+  def make_dataset(self):
+    fv = self.fv
+    ds = self.data.mixtures("train", length=fv.crop_length, batch_size=self.global_batch, seed=fv.seed)
+    return ds.map(lambda b: {"mix": b["mix"]})  # unsupervised: the ground truth never reaches the step
+
+  @property
+  def loss_keys(self):
+    return ("total_loss", "data", "kl")
+
+  def replica_step(self, batch):
+    from vsep_tf import signal as signal_lib  # pylint: disable=import-outside-toplevel
+    from vsep_tf.separators.oracle import to_sum_mix  # pylint: disable=import-outside-toplevel
+    mix = to_sum_mix(batch["mix"], self.data.mix, len(self.source_names))
+    x = tf.abs(signal_lib.stft(mix, self.n_fft, self.hop))
+    with tf.GradientTape() as tape:
+      mu, logvar, log_share = self.encoder(x, training=True)
+      z = mu + tf.exp(0.5 * logvar) * tf.random.normal(tf.shape(mu))
+      a = log_share + tf.math.log(tf.reduce_sum(x, axis=-1) + 1e-8)[:, None]
+      _, data = self.objective(list(self.priors.values()), x, z, a, self.concentration)
+      kl = 0.5 * tf.reduce_sum(tf.exp(logvar) + tf.square(mu) - 1.0 - logvar, axis=[1, 2, 3])
+      per_mix = {"data": data, "kl": kl, "total_loss": data + kl}
+      losses = {k: tf.nn.compute_average_loss(v, global_batch_size=self.global_batch) for k, v in per_mix.items()}
+    self.apply_gradients(tape, losses["total_loss"])
+    return losses

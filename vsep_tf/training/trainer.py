@@ -363,4 +363,7 @@ def get_trainer(job: str):
   if job == "spectral":
     from vsep_tf.training.spectral_trainer import SpectralPriorTrainer  # pylint: disable=import-outside-toplevel
     return SpectralPriorTrainer
+  if job == "spectral_encoder":
+    from vsep_tf.training.spectral_trainer import SpectralEncoderTrainer  # pylint: disable=import-outside-toplevel
+    return SpectralEncoderTrainer
   raise ValueError(f"unknown --job={job!r}")
