@@ -6,8 +6,8 @@ optional text log. Any --job's directory works with `load_separator`, `vsep_tf.e
       --set=prior_dir=pretrained/toy --log=runs/toy_score_variational.log
 
 --set=NAME=VALUE rewrites one flag line of the shipped config.flags (e.g. paths that pointed into runs/).
---weights_only (--job=spectral directories) ships the priors' weights and the step without the optimizer state
-(a third of the size; training resumed from the copy restarts Adam's moments).
+--weights_only (--job=spectral / spectral_encoder directories) ships the weights and the step without the
+optimizer state (a third of the size; training resumed from the copy restarts Adam's moments).
 Nothing is half-written: the copy is assembled in a temporary sibling directory and renamed into place.
 """
 from __future__ import annotations
@@ -24,21 +24,27 @@ flags.DEFINE_string("model_dir", None, "Trained model directory (vsep_tf.train).
 flags.DEFINE_string("output_dir", None, "Where the shippable copy goes (replaced if it exists).", required=True)
 flags.DEFINE_multi_string("set", [], "NAME=VALUE: rewrite the --NAME line of config.flags.")
 flags.DEFINE_string("log", None, "A text training log to ship as train.log.")
-flags.DEFINE_boolean("weights_only", False, "Ship the weights and step without the optimizer state (--job=spectral).")
+flags.DEFINE_boolean("weights_only", False, "Ship the weights and step without the optimizer state (--job=spectral, "
+                     "spectral_encoder).")
 
 
 def write_weights_only(model_dir: str, prefix: str, out_dir: str):
-  """Writes the spectral priors and the step of checkpoint `prefix` of `model_dir` to `out_dir` under the same
-  name (no optimizer state; the same object keys, so load_separator and a resumed trainer read it)."""
+  """Writes the trained networks and the step of checkpoint `prefix` of `model_dir` to `out_dir` under the same
+  name: the spectral priors (--job=spectral) or the amortised encoder (--job=spectral_encoder), no optimizer
+  state. The object keys are the trainer's, so load_separator and a resumed trainer read it."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from vsep_tf.separators.spectral import restore_spectral_priors  # pylint: disable=import-outside-toplevel
+  from vsep_tf.separators import spectral  # pylint: disable=import-outside-toplevel
   from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
   fv = config_lib.load_config(model_dir)
-  if fv.job != "spectral":
-    raise ValueError(f"--weights_only supports --job=spectral model directories; {model_dir} is --job={fv.job}")
-  priors = restore_spectral_priors(model_dir, fv)
+  if fv.job == "spectral":
+    trackables = {"priors": spectral.restore_spectral_priors(model_dir, fv)}
+  elif fv.job == "spectral_encoder":
+    trackables = {"encoder": spectral.SpectralPriorSeparator.from_model_dir(model_dir, fv).encoder}
+  else:
+    raise ValueError(f"--weights_only supports --job=spectral and spectral_encoder model directories; "
+                     f"{model_dir} is --job={fv.job}")
   step = tf.Variable(tf.train.load_checkpoint(prefix).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"), name="step")
-  tf.train.CheckpointManager(tf.train.Checkpoint(priors=priors, step=step), out_dir, max_to_keep=1).save(
+  tf.train.CheckpointManager(tf.train.Checkpoint(step=step, **trackables), out_dir, max_to_keep=1).save(
       checkpoint_number=int(step.numpy()))
 
 

@@ -110,8 +110,9 @@ class SpectralPrior(keras.Model):
     low = tf.cast(tf.floor(position), tf.int32)
     frac = position - tf.cast(low, tf.float32)
     padded = tf.pad(v, [[0, 0], [0, 2]])  # reads past the top bin see 0
-    pick = lambda i: tf.gather(padded, tf.minimum(i, self.bins + 1), batch_dims=1)  # pylint: disable=unnecessary-lambda-assignment
-    return (1.0 - frac) * pick(low) + frac * pick(low + 1)
+    below = tf.gather(padded, tf.minimum(low, self.bins + 1), batch_dims=1)
+    above = tf.gather(padded, tf.minimum(low + 1, self.bins + 1), batch_dims=1)
+    return (1.0 - frac) * below + frac * above
 
   def compute_losses(self, v, training=True):
     """Negative ELBO per frame [batch] of magnitude frames v [batch, bins] (silent frames left out upstream).
