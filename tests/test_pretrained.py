@@ -97,10 +97,13 @@ def _chorales_test_track_gain(sep, seconds=5):
 
 @pytest.mark.skipif(not os.path.isdir(CHORALES), reason="../shared/data/chorales is not here")
 def test_shipped_chorales_separator_beats_the_mixture_on_a_test_track():
-  sep = load_separator(os.path.join(PRETRAINED, "chorales"))
-  assert sep.method == "spectral" and sep.mix == "sum" and sep.settings["prior_weight"] == 0.3
+  sep = load_separator(os.path.join(PRETRAINED, "chorales"))  # amortised encoder + MAP under the spectral priors
+  assert sep.method == "spectral" and sep.mix == "sum" and sep.encoder is not None
+  assert sep.settings["prior_weight"] == 0.3 and sep.settings["iterations"] == 300
   gain = _chorales_test_track_gain(sep)
   assert np.median(gain) > 6.0, gain
+  priors_only = load_separator(os.path.join(PRETRAINED, "chorales", "spectral_priors"))
+  assert priors_only.encoder is None and priors_only.source_names == sep.source_names
 
 
 @pytest.mark.skipif(not os.path.isdir(CHORALES), reason="../shared/data/chorales is not here")
