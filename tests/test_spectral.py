@@ -220,8 +220,11 @@ def test_amortised_encoder_trains_on_mixes_alone_and_separates_in_one_pass(train
   gains = np.stack([bsseval.si_sdr_scores(sources[i], est[i], mixes[i])["si_sdri"] for i in range(4)])
   assert np.median(gains) > 5.0, gains
   from tools import ship_model  # pylint: disable=import-outside-toplevel
-  ship_model.ship(str(model_dir), str(tmp_path / "shipped"), weights_only=True)  # the encoder alone, no Adam state
-  np.testing.assert_array_equal(load_separator(str(tmp_path / "shipped")).separate(mixes[:1]), est[:1])
+  import shutil  # pylint: disable=import-outside-toplevel
+  shipped = tmp_path / "shipped"  # the encoder alone (no Adam state), its priors inside it, named relatively
+  ship_model.ship(str(model_dir), str(shipped), overrides=["prior_dir=priors"], weights_only=True)
+  shutil.copytree(prior_dir, shipped / "priors")
+  np.testing.assert_array_equal(load_separator(str(shipped)).separate(mixes[:1]), est[:1])
   bad = config_lib.define_flags(flags.FlagValues())
   bad(["x", f"--model_dir={tmp_path / 'bad'}", "--job=spectral_encoder", "--dataset=stems", f"--data_root={root}"])
   with pytest.raises(ValueError, match="needs --prior_dir"):

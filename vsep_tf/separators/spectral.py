@@ -155,7 +155,10 @@ class SpectralPriorSeparator(Separator):
     options.update(kwargs)
     data = builders.dataset_from_config(fv)
     if fv.job == "spectral_encoder":
-      priors = restore_spectral_priors(fv.prior_dir, config_lib.load_config(fv.prior_dir))
+      prior_dir = fv.prior_dir
+      if prior_dir and not os.path.isabs(prior_dir) and os.path.isdir(os.path.join(model_dir, prior_dir)):
+        prior_dir = os.path.join(model_dir, prior_dir)  # shipped layout: relative to the model directory
+      priors = restore_spectral_priors(prior_dir, config_lib.load_config(prior_dir))
       encoder = build_encoder_for(priors, fv)
       path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
       if path is None:
