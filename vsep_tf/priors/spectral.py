@@ -35,6 +35,18 @@ import tensorflow as tf
 LOG_FLOOR = 1e-3  # the encoder reads log(u * bins + LOG_FLOOR): -6.9 for an empty bin, 0 for a flat spectrum
 
 
+def normalised_log_spectrum(v):
+  """log(u * bins + LOG_FLOOR), u = v / sum(v): magnitude frames v [..., bins] as a gain-invariant log-shape."""
+  v = tf.convert_to_tensor(v, tf.float32)
+  u = v / (tf.reduce_sum(v, axis=-1, keepdims=True) + 1e-12)
+  return tf.math.log(u * tf.cast(tf.shape(v)[-1], tf.float32) + LOG_FLOOR)
+
+
+def gaussian_kl(mu, logvar):
+  """KL(N(mu, exp(logvar)) || N(0, I)) in nats, summed over the last axis."""
+  return 0.5 * tf.reduce_sum(tf.exp(logvar) + tf.square(mu) - 1.0 - logvar, axis=-1)
+
+
 @keras.saving.register_keras_serializable(package="vsep_tf")
 class SpectralPrior(keras.Model):
   """VAE over normalised magnitude frames [batch, bins] of one source class. See the module docstring."""
@@ -68,8 +80,7 @@ class SpectralPrior(keras.Model):
   # --- the model -----------------------------------------------------------------------------------------
   def features(self, v):
     """Encoder input: the normalised log-spectrum of magnitude frames v [..., bins] (gain-invariant)."""
-    u = v / (tf.reduce_sum(v, axis=-1, keepdims=True) + 1e-12)
-    return tf.math.log(u * float(self.bins) + LOG_FLOOR)
+    return normalised_log_spectrum(v)
 
   def encode(self, v):
     """q(z | v): (mu, logvar), each [..., latent_dim], for magnitude frames v [..., bins]."""
@@ -125,7 +136,7 @@ class SpectralPrior(keras.Model):
     mu, logvar = self.encode(v)
     z = mu + tf.exp(0.5 * logvar) * tf.random.normal(tf.shape(mu)) if training else mu
     reconstruction = -self.concentration * tf.reduce_sum(u * self.log_shape(z), axis=-1)
-    kl = 0.5 * tf.reduce_sum(tf.exp(logvar) + tf.square(mu) - 1.0 - logvar, axis=-1)
+    kl = gaussian_kl(mu, logvar)
     return {"total_loss": reconstruction + kl, "reconstruction": reconstruction, "kl": kl}
 
   def get_config(self):

@@ -162,6 +162,13 @@ def drop_silent_frames(v, silence_db: float = SILENCE_DB) -> np.ndarray:
   return v[:, energy > energy.max() * 10.0 ** (-silence_db / 10.0)]
 
 
+def solo_frames(signals, n_fft: int, hop: int) -> np.ndarray:
+  """The non-silent magnitude STFT frames of solo signals, concatenated: float32 [bins, frames] (signals
+  shorter than half a window are skipped)."""
+  specs = [drop_silent_frames(magnitude_spectrogram(x, n_fft, hop)) for x in signals if len(x) >= n_fft // 2]
+  return np.concatenate(specs, axis=1) if specs else np.zeros([n_fft // 2 + 1, 0], np.float32)
+
+
 def learn_dictionaries(solo: Dict[str, Sequence[np.ndarray]], num_atoms: int = 64, n_fft: int = 1024,
                        hop: int = 256, iterations: int = 200, max_frames: int = 40000, seed: int = 0):
   """One KL-NMF dictionary per class from solo audio.
@@ -172,8 +179,7 @@ def learn_dictionaries(solo: Dict[str, Sequence[np.ndarray]], num_atoms: int = 6
   dictionaries, info = [], {}
   for k, (name, signals) in enumerate(solo.items()):
     t0 = time.perf_counter()
-    specs = [drop_silent_frames(magnitude_spectrogram(x, n_fft, hop)) for x in signals if len(x) >= n_fft // 2]
-    v = np.concatenate(specs, axis=1) if specs else np.zeros([n_fft // 2 + 1, 0], np.float32)
+    v = solo_frames(signals, n_fft, hop)
     if v.shape[1] < num_atoms:
       raise ValueError(f"class {name!r}: only {v.shape[1]} non-silent STFT frames of solo audio, fewer than "
                        f"the {num_atoms} atoms to learn")

@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from vsep_tf import signal as signal_lib
 from vsep_tf.data import mixing
+from vsep_tf.priors.spectral import normalised_log_spectrum
 from vsep_tf.separators.base import Separator
 from vsep_tf.separators.oracle import masks_to_sources, ratio_masks, to_sum_mix
 
@@ -97,7 +98,7 @@ class SpectralEncoder(keras.Model):
     x = tf.convert_to_tensor(x, tf.float32)
     mass = tf.reduce_sum(x, axis=-1, keepdims=True)
     level = tf.math.log(mass / (tf.reduce_mean(mass, axis=1, keepdims=True) + EPS) + 1e-4)  # relative loudness
-    shape = tf.math.log(x / (mass + EPS) * float(self.bins) + 1e-3)
+    shape = normalised_log_spectrum(x)
     h = self.head(self.hidden(self.context(tf.concat([shape, level], axis=-1))))
     b, f = tf.shape(x)[0], tf.shape(x)[1]
     h = tf.transpose(tf.reshape(h, [b, f, self.num_sources, 2 * self.latent_dim + 1]), [0, 2, 1, 3])

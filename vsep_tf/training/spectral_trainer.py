@@ -3,16 +3,15 @@
 The shared custom loop (`trainer.Trainer`: tf.distribute strategy, steps_per_loop steps per tf.function call,
 checkpoints and resume, TensorBoard scalars). Data: the magnitude STFT frames of every class's solo train audio
 (the train tracks' stems, never a mix; `nmf.solo_audio`, up to --max_solo_seconds per class), silent frames left
-out (`nmf.drop_silent_frames`), shuffled per class; each step gives every prior a batch of --batch_size frames
+out (`nmf.solo_frames`), shuffled per class; each step gives every prior a batch of --batch_size frames
 of its class. The loss is the sum over classes of the negative ELBO per frame, averaged over the GLOBAL batch.
 """
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from vsep_tf.priors.spectral import build_spectral_prior
+from vsep_tf.priors.spectral import build_spectral_prior, gaussian_kl
 from vsep_tf.separators import nmf
 from vsep_tf.training import config as config_lib
 from vsep_tf.training.trainer import Trainer
@@ -33,9 +32,7 @@ class SpectralPriorTrainer(Trainer):
     solo = nmf.solo_audio(self.data, "train", self.fv.max_solo_seconds)
     frames = {}
     for name, signals in solo.items():
-      specs = [nmf.drop_silent_frames(nmf.magnitude_spectrogram(x, prior.n_fft, prior.hop))
-               for x in signals if len(x) >= prior.n_fft // 2]
-      frames[name] = np.concatenate(specs, axis=1).T if specs else np.zeros([0, prior.bins], np.float32)
+      frames[name] = nmf.solo_frames(signals, prior.n_fft, prior.hop).T
       if frames[name].shape[0] < self.global_batch:
         raise ValueError(f"class {name!r}: only {frames[name].shape[0]} non-silent STFT frames of solo train "
                          f"audio, fewer than --batch_size={self.global_batch}")
@@ -117,7 +114,7 @@ class SpectralEncoderTrainer(Trainer):
       z = mu + tf.exp(0.5 * logvar) * tf.random.normal(tf.shape(mu))
       a = log_share + tf.math.log(tf.reduce_sum(x, axis=-1) + 1e-8)[:, None]
       _, data = self.objective(list(self.priors.values()), x, z, a, self.concentration)
-      kl = 0.5 * tf.reduce_sum(tf.exp(logvar) + tf.square(mu) - 1.0 - logvar, axis=[1, 2, 3])
+      kl = tf.reduce_sum(gaussian_kl(mu, logvar), axis=[1, 2])
       per_mix = {"data": data, "kl": kl, "total_loss": data + kl}
       losses = {k: tf.nn.compute_average_loss(v, global_batch_size=self.global_batch) for k, v in per_mix.items()}
     self.apply_gradients(tape, losses["total_loss"])
