@@ -34,10 +34,9 @@ def main(argv):
   del argv
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from vsep_tf import signal as signal_lib  # pylint: disable=import-outside-toplevel
-  from vsep_tf.training import builders  # pylint: disable=import-outside-toplevel
-  from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
   from vsep_tf import export as export_lib  # pylint: disable=import-outside-toplevel
-  from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
+  from vsep_tf import registry  # pylint: disable=import-outside-toplevel
+  from vsep_tf.model_dir import load_config, load_separator  # pylint: disable=import-outside-toplevel
 
   eager = load_separator(FLAGS.model_dir)
   chunk = FLAGS.chunk_length
@@ -45,8 +44,10 @@ def main(argv):
   variants, sizes, _ = export_lib.export_variants(eager, FLAGS.work_dir, chunk, "bench", FLAGS.num_threads)
 
   # The model's own dataset (toy), on a seed it was not trained on.
-  fv = config_lib.load_config(FLAGS.model_dir, [f"--toy_seed={FLAGS.toy_seed}"])
-  data = builders.dataset_from_config(fv)
+  cfg = load_config(FLAGS.model_dir, [f"--toy_seed={FLAGS.toy_seed}"])
+  if cfg.dataset != "toy":
+    raise app.UsageError(f"{FLAGS.model_dir} is a --dataset={cfg.dataset} model; this benchmark scores toy items")
+  data = registry.dataset_from_config(cfg)
   items = list(data.tracks("test", limit=FLAGS.num_mixes))
   long_mix = np.concatenate([m for _, m, _ in items])
   n = int(FLAGS.seconds * eager.sample_rate)

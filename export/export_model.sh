@@ -1,21 +1,43 @@
 #!/usr/bin/env bash
-# Export a trained model directory for deployment: SavedModel (TF-Serving layout) + TFLite variants.
+# Export a trained model directory for deployment: the SavedModel (TF-Serving layout), then the TFLite variants if
+# the model has a TFLite form.
 #
 #   bash export/export_model.sh runs/toy_supervised exports toy
 #   -> exports/toy/<version>/            SavedModel (serving_default, separate_chunk, metadata)
 #      exports/toy_tflite/toy_{f32,dynamic,f16}.tflite (+ .json metadata)
 #
-# A --job=priors directory (Langevin separator) gets the SavedModel only (its gradient loop has no TFLite form).
+# What a model does not support is skipped with a line saying why, and the script still exits 0: a Langevin
+# separator (--job=priors) has no TFLite form (its gradient loop), and the TFLite converter refuses spectral
+# separators (outside TFLite's builtins; it exits 1 with "... does not convert to TFLite: <reason>"). Any other
+# failure (the SavedModel export, its signatures, a TFLite conversion that should work) exits non-zero.
 set -euo pipefail
-model_dir="${1:?usage: export_model.sh MODEL_DIR EXPORT_BASE NAME}"
-base="${2:?usage: export_model.sh MODEL_DIR EXPORT_BASE NAME}"
-name="${3:?usage: export_model.sh MODEL_DIR EXPORT_BASE NAME}"
+usage="usage: export_model.sh MODEL_DIR EXPORT_BASE NAME"
+model_dir="${1:?$usage}"
+base="${2:?$usage}"
+name="${3:?$usage}"
 python -m vsep_tf.export.saved_model --model_dir="$model_dir" --export_base="$base" --name="$name"
 version="$(ls "$base/$name" | grep -E '^[0-9]+$' | sort -n | tail -1)"
 saved_model_cli show --all --dir "$base/$name/$version" > /dev/null  # the signatures must read back clean
-if grep -q -- "--job=priors" "$model_dir/config.flags"; then
-  echo "Langevin separator: SavedModel only"
+# The export's method, from assets/metadata.json (no TensorFlow needed to read it).
+method="$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["method"])' \
+  "$base/$name/$version/assets/metadata.json")"
+if [ "$method" = "langevin" ]; then
+  echo "skipped TFLite: a Langevin separator's gradient loop has no TFLite form (serve the SavedModel)"
   exit 0
 fi
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
 python -m vsep_tf.export.tflite --saved_model_dir="$base/$name" --output_dir="$base/${name}_tflite" \
-  --quantize=none,dynamic,float16
+  --quantize=none,dynamic,float16 2> "$log" || status=$?
+if [ "$status" -eq 0 ]; then
+  exit 0
+fi
+reason="$(sed -n 's/^error: .* does not convert to TFLite: //p' "$log" | tail -1)"
+if [ -n "$reason" ]; then
+  echo "skipped TFLite: $reason"
+  exit 0
+fi
+cat "$log" >&2
+echo "export_model.sh: the TFLite conversion failed (exit $status); the SavedModel is in $base/$name/$version" >&2
+exit "$status"

@@ -17,8 +17,9 @@ import tensorflow as tf
 from vsep_tf import audio
 from vsep_tf.audio import AudioError
 
+from conftest import CHORALES, require_chorales
+
 RNG = np.random.default_rng(7)
-CHORALES = Path(__file__).resolve().parents[2] / "shared" / "data" / "chorales"
 
 
 @pytest.fixture
@@ -468,9 +469,8 @@ def test_tfio_is_the_default_backend_when_available(tmp_path):
 # -------------------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not (CHORALES / "train").is_dir(), reason="chorale data not present")
 def test_chorale_violin_stems_read_at_16k_mono():
-  stems = sorted((CHORALES / "train").glob("*/violin.flac"))
+  stems = sorted(require_chorales(CHORALES / "train").glob("*/violin.flac"))
   assert stems, "no violin stems in the train split"
   for path in stems[:3]:
     frames, rate, channels = audio.audio_info(path)

@@ -524,3 +524,38 @@ def test_import_scan_sees_every_form(tmp_path):
       "pkg/sub/d.py": 5, "pkg/e.py": 7}
   assert _first_party_imports("tests/test_x.py", tmp_path) == {
       "pkg/__init__.py": 1, "pkg/sub/__init__.py": 1, "tests/helper.py": 2}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The layering (vsep_tf has no import cycle, so BUILD needs no merged library).
+
+# Each layer's own library, and the libraries it must NOT reach through its deps (a dependency on a higher layer).
+LAYERS = {
+    "config": ("vsep_tf/config.py", ("registry", "separators", "priors", "data", "training", "run_flags")),
+    "separators": ("vsep_tf/separators/masks.py", ("training", "model_dir", "registry", "run_flags", "config")),
+    "data": ("vsep_tf/data/solo.py", ("separators", "priors", "training", "registry")),
+    "registry": ("vsep_tf/registry.py", ("training", "model_dir", "run_flags")),
+    "model_dir": ("vsep_tf/model_dir.py", ("training", "run_flags")),
+    "run_flags": ("vsep_tf/run_flags.py", ("training", "model_dir")),
+    "training": ("vsep_tf/training/pipeline.py", ("run_flags", "research", "evaluate", "export")),
+    "research": ("vsep_tf/research/sleep_trainer.py", ("run_flags",)),
+}
+
+
+def test_layers_are_libraries_of_their_own(build):
+  owners = _owners(build)
+  problems = []
+  for lib, (module, above) in LAYERS.items():
+    if lib not in build.targets:
+      problems.append(f"no py_library {lib!r}")
+      continue
+    if (REPO / module).is_file() and owners.get(module) != [lib]:
+      problems.append(f"{module}: expected in py_library {lib!r}, is in {owners.get(module)}")
+    reached = build.deps_closure(lib) & set(above)
+    if reached:
+      problems.append(f"py_library {lib!r} depends on the higher layer(s) {sorted(reached)}")
+  for gone in ("vsep_tf/training/config.py", "vsep_tf/training/builders.py"):
+    assert not (REPO / gone).exists(), f"{gone} is back: BUILD's layering assumes it is gone"
+  assert "vsep_tf/training/nmf_trainer.py" in build.targets["training"].labels("srcs")
+  assert not any(s.startswith("vsep_tf/separators/") for s in build.targets["training"].labels("srcs"))
+  assert not problems, "\n".join(problems)

@@ -6,43 +6,57 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from absl import flags
 
 from vsep_tf import audio
+from vsep_tf import model_dir as model_dir_lib
 from vsep_tf import priors as priors_lib
-from vsep_tf.training import config as config_lib
+from vsep_tf import run_flags
 
 REPO = Path(__file__).resolve().parents[1]
-# configs/tune_*.flags are search configs (python -m vsep_tf.tune; parsed in tests/test_tune.py): train flags
-# plus the search flags, which the train parser rejects.
-RUN_CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.flags") if not p.name.startswith("tune_"))
+# Every run config: configs/*.flags (the recipes that work), configs/baselines/ and configs/research/; not the
+# fragments they include (configs/data/, configs/priors/) nor the search configs configs/**/tune_*.flags
+# (python -m vsep_tf.tune; parsed in tests/test_tune.py: train flags plus the search flags, which the train
+# parser rejects).
+RUN_CONFIGS = sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").glob("**/*.flags")
+                     if p.parent.name not in ("data", "priors") and not p.name.startswith("tune_"))
+# --job=priors (WaveNet) recipes, shrunk.
 TINY = ["--wavenet.num_blocks=1", "--wavenet.num_layers=3", "--wavenet.residual_channels=4",
         "--wavenet.skip_channels=4", "--wavenet.cond_channels=4", "--wavenet.num_mixtures=2",
         "--crop_length=256", "--batch_size=2", "--train_steps=2", "--steps_per_loop=2", "--checkpoint_every=2",
         "--audio_summary_seconds=0"]
+# --job=spectral_separator recipes (configs/{toy,chorales,musdb}.flags), shrunk: 2 steps per stage.
+TINY_SPECTRAL = ["--spectral.n_fft=256", "--spectral.hop=64", "--spectral.hidden_units=16",
+                 "--spectral_encoder.hidden_units=16", "--spectral_search.iterations=2", "--crop_length=4096",
+                 "--batch_size=2", "--prior_batch_size=16", "--prior_steps=2", "--train_steps=2",
+                 "--steps_per_loop=2", "--checkpoint_every=2", "--max_solo_seconds=5", "--audio_summary_seconds=0"]
+
+
+def test_run_configs_are_found():
+  assert {"toy.flags", "chorales.flags", "musdb.flags", "research/toy_wavenet.flags",
+          "baselines/toy_nmf.flags"} <= set(RUN_CONFIGS), RUN_CONFIGS
 
 
 @pytest.mark.parametrize("name", RUN_CONFIGS)
 def test_run_config_parses(name, monkeypatch):
   monkeypatch.chdir(REPO)  # nested --flagfile paths are relative to the repo root, as in the README commands
-  fv = config_lib.define_flags(flags.FlagValues())
-  fv(["x", f"--flagfile=configs/{name}"])
-  assert fv.model_dir and fv.model_dir.startswith("runs/")
-  assert fv.dataset in ("toy", "stems", "musdb") and fv.prior in priors_lib.PRIORS
-  assert fv.crop_length % 64 == 0
+  cfg = run_flags.parse_flags([f"--flagfile=configs/{name}"])
+  assert cfg.model_dir and cfg.model_dir.startswith("runs/")
+  assert cfg.dataset in ("toy", "stems", "musdb") and cfg.prior in priors_lib.PRIORS
+  assert cfg.crop_length % 64 == 0
 
 
-def _train(tmp_path, *args, extra=()):
-  """Runs `python -m vsep_tf.train` on `args` (a --flagfile first), shrunk by TINY, then `extra`."""
+def _train(tmp_path, *args, extra=(), tiny=TINY):
+  """Runs `python -m vsep_tf.train` on `args` (a --flagfile first), shrunk by `tiny`, then `extra`."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  proc = subprocess.run([sys.executable, "-m", "vsep_tf.train", *args, f"--model_dir={tmp_path / 'model'}", *TINY,
+  proc = subprocess.run([sys.executable, "-m", "vsep_tf.train", *args, f"--model_dir={tmp_path / 'model'}", *tiny,
                          *extra],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   model_dir = tmp_path / "model"
-  assert (model_dir / config_lib.CONFIG_FILENAME).exists()
+  assert (model_dir / run_flags.CONFIG_FILENAME).exists()
+  assert (model_dir / model_dir_lib.MANIFEST_FILENAME).exists()
   assert (model_dir / "checkpoints" / "checkpoint").exists()
-  return proc, config_lib.load_config(str(model_dir))
+  return proc, run_flags.load_run_config(str(model_dir))
 
 
 def _write_stem_tree(root, subsets_tracks, sources, rate, seconds=1.0):
@@ -60,7 +74,7 @@ def _write_stem_tree(root, subsets_tracks, sources, rate, seconds=1.0):
 
 
 def test_train_toy_config_end_to_end(tmp_path):
-  proc, fv = _train(tmp_path, "--flagfile=configs/toy.flags", extra=["--audio_summary_seconds=0.01"])
+  proc, fv = _train(tmp_path, "--flagfile=configs/research/toy_wavenet.flags", extra=["--audio_summary_seconds=0.01"])
   assert "final " in proc.stdout and fv.dataset == "toy" and fv.crop_length == 256
   # The listening checks in TensorBoard: training data at step 0, a sample of every prior at the checkpoint.
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -73,14 +87,15 @@ def test_train_toy_config_end_to_end(tmp_path):
 def test_train_on_any_stem_folder(tmp_path):
   _write_stem_tree(tmp_path / "stems", [("train", "a"), ("train", "b"), ("test", "c")], ("flute", "organ"), 8000)
   _, fv = _train(tmp_path, "--flagfile=configs/chorales.flags", f"--data_root={tmp_path / 'stems'}",
-                 "--min_rms=0")
+                 "--min_rms=0", tiny=TINY_SPECTRAL)
   assert fv.data_root == str(tmp_path / "stems")
+  assert (tmp_path / "model" / model_dir_lib.PRIORS_SUBDIR / model_dir_lib.MANIFEST_FILENAME).exists()
 
 
 def test_supervised_on_a_stem_folder_without_valid_split_checkpoints(tmp_path):
   """Separator trainers validate on 'valid' mixes; a train/test-only stem folder has none: train on, no crash."""
   _write_stem_tree(tmp_path / "stems", [("train", "a"), ("train", "b"), ("test", "c")], ("flute", "organ"), 8000)
-  proc, fv = _train(tmp_path, "--flagfile=configs/chorales_supervised.flags", f"--data_root={tmp_path / 'stems'}",
+  proc, fv = _train(tmp_path, "--flagfile=configs/research/chorales_supervised.flags", f"--data_root={tmp_path / 'stems'}",
                     "--min_rms=0", "--encoder.num_blocks=1", "--encoder.num_layers=2",
                     "--encoder.residual_channels=4", "--encoder.skip_channels=4")
   assert fv.job == "supervised" and "no 'valid' split" in proc.stderr
@@ -90,7 +105,8 @@ def test_train_musdb_config_on_a_tiny_musdb_folder(tmp_path):
   pytest.importorskip("musdb")
   _write_stem_tree(tmp_path / "musdb", [("train", "A - One"), ("test", "B - Two")],
                    ("vocals", "drums", "bass", "other"), 22050)
-  proc, fv = _train(tmp_path, "--flagfile=configs/musdb.flags", f"--musdb_root={tmp_path / 'musdb'}")
+  proc, fv = _train(tmp_path, "--flagfile=configs/musdb.flags", f"--musdb_root={tmp_path / 'musdb'}",
+                    tiny=TINY_SPECTRAL)
   assert fv.dataset == "musdb" and fv.sample_rate == 22050
   assert "vocals" in proc.stdout and "drums" in proc.stdout
 
@@ -98,8 +114,8 @@ def test_train_musdb_config_on_a_tiny_musdb_folder(tmp_path):
 def test_train_rejects_missing_stem_root(tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run([sys.executable, "-m", "vsep_tf.train", "--flagfile=configs/chorales.flags",
-                         f"--data_root={tmp_path / 'nope'}", f"--model_dir={tmp_path / 'm'}", *TINY],
+                         f"--data_root={tmp_path / 'nope'}", f"--model_dir={tmp_path / 'm'}", *TINY_SPECTRAL],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
   assert "does not exist" in proc.stderr
-  assert not (tmp_path / "m" / config_lib.CONFIG_FILENAME).exists()
+  assert not (tmp_path / "m" / run_flags.CONFIG_FILENAME).exists()

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from absl import flags
 
 from vsep_tf.evaluation import confusion
 from vsep_tf.priors.base import Prior
-from vsep_tf.training import config as config_lib
+from vsep_tf import run_flags
 from vsep_tf.training import trainer as trainer_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,12 +51,12 @@ def test_table_matches_numpy_and_ranks():
 
 @pytest.mark.slow  # out of the default run and CI (15-minute budget); run with: pytest -m slow
 def test_tool_on_a_trained_model_dir(tmp_path):
-  fv = config_lib.define_flags(flags.FlagValues())
-  fv(["x", f"--model_dir={tmp_path / 'm'}", "--dataset=toy", "--crop_length=256", "--batch_size=2",
+  cfg = run_flags.parse_flags([
+      f"--model_dir={tmp_path / 'm'}", "--job=priors", "--dataset=toy", "--crop_length=256", "--batch_size=2",
       "--train_steps=4", "--steps_per_loop=2", "--checkpoint_every=4", "--audio_summary_seconds=0",
       "--wavenet.num_blocks=1", "--wavenet.num_layers=2", "--wavenet.residual_channels=4",
       "--wavenet.skip_channels=4", "--wavenet.cond_channels=4", "--wavenet.num_mixtures=2"])
-  trainer_lib.PriorTrainer(fv).train()
+  trainer_lib.PriorTrainer(cfg).train()
   out = tmp_path / "out"
   cmd = [sys.executable, "-m", "tools.prior_confusion", f"--model_dir={tmp_path / 'm'}", "--num_examples=3",
          "--sigmas=0,0.1", f"--output_md={out}.md", f"--output_png={out}.png", f"--output_json={out}.json"]

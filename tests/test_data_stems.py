@@ -12,7 +12,6 @@ from vsep_tf import data as data_lib
 from vsep_tf.data.stems import StemFolder
 
 SR = 8000
-CHORALES = Path(__file__).resolve().parents[2] / "shared" / "data" / "chorales"
 
 
 def _write(path, x, rate):
@@ -249,9 +248,20 @@ def test_inconsistent_folders_fail_clearly(const_folder, tmp_path):
     StemFolder(const_folder)
 
 
-def test_chorales():
-  if not CHORALES.is_dir():
-    pytest.skip(f"{CHORALES} not present")
+def test_missing_chorales_fail_under_ci_and_skip_elsewhere(tmp_path, monkeypatch):
+  from conftest import require_chorales  # pylint: disable=import-outside-toplevel
+  missing = tmp_path / "shared" / "data" / "chorales"
+  monkeypatch.setenv("CI", "true")
+  with pytest.raises(pytest.fail.Exception, match="CI is set but .*chorales is missing"):
+    require_chorales(missing)
+  monkeypatch.delenv("CI")
+  with pytest.raises(pytest.skip.Exception, match="chorales is missing"):
+    require_chorales(missing)
+  assert require_chorales(tmp_path) == tmp_path
+
+
+def test_chorales(chorales_root):
+  CHORALES = chorales_root  # pylint: disable=invalid-name
   data = StemFolder(CHORALES, min_rms=0.01, streaming=True)
   assert data.source_names == ("bassoon", "clarinet", "tenor_sax", "violin")
   assert data.sample_rate == 16000
@@ -307,14 +317,13 @@ def test_bad_audio_skip_counts_and_trains_finite(folder_with_bad_files, tmp_path
   assert folder.num_skipped == 2
   assert sorted(Path(p).name for p, _ in folder.skipped_files) == ["a.flac", "b.wav"]
   # End to end: the trainer on this folder with --bad_audio=skip runs with a finite loss.
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
+  from vsep_tf import run_flags  # pylint: disable=import-outside-toplevel
   from vsep_tf.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
-  fv = config_lib.define_flags(flags.FlagValues())
-  fv(["t", f"--model_dir={tmp_path / 'model'}", "--dataset=stems", f"--data_root={folder_with_bad_files}",
+  cfg = run_flags.parse_flags([
+      f"--model_dir={tmp_path / 'model'}", "--job=priors", "--dataset=stems", f"--data_root={folder_with_bad_files}",
       "--bad_audio=skip", "--crop_length=256", "--batch_size=2", "--train_steps=2", "--steps_per_loop=2",
       "--checkpoint_every=2", "--wavenet.num_blocks=1", "--wavenet.num_layers=2", "--wavenet.residual_channels=4",
       "--wavenet.skip_channels=4", "--wavenet.cond_channels=4", "--wavenet.num_mixtures=1",
       "--audio_summary_seconds=0"])
-  metrics = trainer_lib.PriorTrainer(fv).train()
+  metrics = trainer_lib.PriorTrainer(cfg).train()
   assert np.isfinite(metrics["total_loss"])

@@ -186,8 +186,8 @@ def test_library_evaluate_and_compare_tool(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model_dir={tmp}/missing", "--dataset=toy"], "does not exist"),
-    (["--model_dir={tmp}", "--dataset=toy"], "no config.flags"),
+    (["--model_dir={tmp}/missing", "--dataset=toy"], "no such model directory"),
+    (["--model_dir={tmp}", "--dataset=toy"], "no manifest.json"),
     (["--method=oracle_irm", "--dataset=nope"], "dataset"),
     (["--method=oracle_irm", "--dataset=stems", "--data_root={tmp}/empty"], "neither train/ nor test/"),
     (["--method=oracle_irm", "--dataset=stems"], "needs --data_root"),
@@ -214,7 +214,9 @@ def test_compare_tool_refuses_bad_input(tmp_path):
 
 
 def test_cli_refuses_an_unknown_model_flag(tmp_path):
-  (tmp_path / "config.flags").write_text("--dataset=toy\n--job=priors\n")
+  from vsep_tf import model_dir, run_flags  # pylint: disable=import-outside-toplevel
+  model_dir.write_manifest(str(tmp_path), run_flags.parse_flags(["--dataset=toy", "--job=priors"]),
+                           ["sine", "square", "sawtooth", "triangle"], 14700, "mean")
   out = tmp_path / "out.json"
   proc = _run("vsep_tf.evaluate", f"--model_dir={tmp_path}", "--model_override=--no_such_flag=3", "--num_examples=1",
               f"--output_json={out}", timeout=60)

@@ -21,7 +21,7 @@ from vsep_tf.export import client as client_lib
 from vsep_tf.export import dev_server
 from vsep_tf.export import saved_model as saved_model_lib
 from vsep_tf.export import tflite as tflite_lib
-from vsep_tf.separators import load_separator
+from vsep_tf.model_dir import load_separator
 from vsep_tf.separators.encoder import EncoderSeparator, build_encoder
 
 CHUNK = 2048  # the separate_chunk (and TFLite) length used here
@@ -228,8 +228,8 @@ def test_malformed_requests_then_a_good_one(separator, server):
 @pytest.mark.slow
 def test_langevin_exports_its_loop(tiny_priors_dir, tmp_path):
   """The annealed Langevin loop, gradients included, runs inside the exported graph (minutes: slow)."""
-  from vsep_tf.separators.langevin import LangevinSeparator  # pylint: disable=import-outside-toplevel
-  sep = LangevinSeparator.from_model_dir(tiny_priors_dir, num_levels=2, steps_per_level=2, jit_compile=False)
+  sep = load_separator(tiny_priors_dir, ["--langevin_levels=2", "--langevin_steps_per_level=2"])
+  sep.use_xla(False)
   path = saved_model_lib.export_saved_model(sep, str(tmp_path), "langevin", chunk_length=1024)
   saved = [n for n, _ in tf.train.list_variables(os.path.join(path, "variables", "variables"))
            if n != "_CHECKPOINTABLE_OBJECT_GRAPH"]

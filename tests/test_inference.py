@@ -1,12 +1,11 @@
-"""Chunked / streamed separation, the user API (any rate, any channels) and the `python -m vsep_tf.separate` CLI.
+"""Chunked / streamed separation, the user API (any rate, any channels), the file loop and its cancellation.
 
 The model is a tiny supervised encoder made by the real trainer (conftest.tiny_supervised_dir): a non-causal
 WaveNet with a receptive field of 15 samples, far below the cross-fade, so chunked separation must reproduce
-separation of the whole signal.
+separation of the whole signal. The `python -m vsep_tf.separate` command line is tested in test_separate_cli.py.
 """
 import os
-import subprocess
-import sys
+import threading
 
 import numpy as np
 import pytest
@@ -15,9 +14,9 @@ import tensorflow as tf
 
 from vsep_tf import audio
 from vsep_tf import inference
-from vsep_tf.separators import load_separator
+from vsep_tf.model_dir import load_separator
+from vsep_tf.separators.base import Separator
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHUNK, OVERLAP = 4096, 1024
 HOP = CHUNK - OVERLAP
 
@@ -192,71 +191,153 @@ def test_commit_together_is_all_or_nothing(tmp_path):
 def test_find_inputs_and_track_names(tmp_path):
   (tmp_path / "song.flac").write_bytes(b"x")
   (tmp_path / ".hidden.wav").write_bytes(b"x")
+  (tmp_path / "notes.txt").write_bytes(b"x")  # reported as unsupported, not skipped
   (tmp_path / "track1").mkdir()
   (tmp_path / "track1" / "mixture.wav").write_bytes(b"x")
   (tmp_path / "track1" / "violin.wav").write_bytes(b"x")  # a stem, not an input
+  (tmp_path / "stems_only").mkdir()
+  (tmp_path / "stems_only" / "violin.wav").write_bytes(b"x")  # no mixture: not a track folder
   found = inference.find_inputs(str(tmp_path))
-  assert found == [str(tmp_path / "song.flac"), str(tmp_path / "track1" / "mixture.wav")]
-  assert [inference.track_name(p) for p in found] == ["song", "track1"]
+  assert found == [str(tmp_path / f) for f in ("notes.txt", "song.flac", "track1/mixture.wav")]
+  assert [inference.track_name(p) for p in found] == ["notes", "song", "track1"]
+  # A track folder given itself is one track, its mixture (MUSDB18-HQ: <track>/{mixture,vocals,...}.wav), named
+  # after the folder, with or without a trailing slash.
+  for given in (str(tmp_path / "track1"), str(tmp_path / "track1") + os.sep):
+    assert inference.find_inputs(given) == [os.path.join(given, "mixture.wav")]
+    assert inference.track_name(inference.find_inputs(given)[0]) == "track1"
+  assert inference.find_inputs(str(tmp_path / "song.flac")) == [str(tmp_path / "song.flac")]
+  assert inference.find_inputs(str(tmp_path / "stems_only")) == [str(tmp_path / "stems_only" / "violin.wav")]
 
 
-# ------------------------------------------------------------------------------------------------ CLI
-def _cli(*args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1")
-  return subprocess.run([sys.executable, "-m", "vsep_tf.separate", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+# ------------------------------------------------------------------------------------------------ progress
+class _Counting(Separator):
+  """The tiny separator, recording the rows of every `separate` call (what the batching under test decides)."""
+
+  def __init__(self, inner):
+    self.inner, self.rows = inner, []
+    self.source_names, self.sample_rate, self.mix = inner.source_names, inner.sample_rate, inner.mix
+    self.chunk_length, self.chunk_overlap = inner.chunk_length, inner.chunk_overlap
+
+  def separate(self, mix):
+    self.rows.append(int(np.shape(mix)[0]))
+    return self.inner.separate(mix)
 
 
-def _write_inputs(root):
+@pytest.mark.parametrize("chunks, channels, per_call", [(1, 1, 1), (5, 2, 1), (10, 1, 1), (20, 1, 2), (20, 2, 2),
+                                                         (100, 1, 4), (100, 2, 2)])
+def test_progress_moves_at_least_8_times_and_long_files_keep_their_batches(separator, tmp_path, chunks, channels,
+                                                                          per_call):
+  counting = _Counting(separator)
+  sep = inference.AudioSeparator(counting, chunk_seconds=CHUNK / separator.sample_rate, batch_size=4)
+  assert (sep.chunk_length, sep.overlap) == (CHUNK, CHUNK // 2)
+  frames = CHUNK + (chunks - 1) * (CHUNK // 2) - 100 if chunks > 1 else CHUNK - 100
+  assert sep.num_chunks(frames) == chunks
+  src = str(tmp_path / "in.wav")
+  x = _noise(frames, channels=channels, seed=chunks)
+  audio.write_audio(src, x, separator.sample_rate, subtype="FLOAT")
+  calls = []
+  paths = sep.separate_file(src, str(tmp_path / "out"), subtype="FLOAT", progress=lambda d, t: calls.append((d, t)))
+  # Progress after every call, in steps of per_call chunks: per chunk for files of fewer than 16 chunks (at least 8
+  # steps from 8 chunks on), the full batch of 4 chunks (of 4 rows: mono) once a file has 32 chunks or more.
+  assert calls == [(min(i + per_call, chunks), chunks) for i in range(0, chunks, per_call)]
+  assert len(calls) >= min(chunks, inference.MIN_PROGRESS_STEPS)
+  assert counting.rows == [min(per_call, chunks - i) * channels for i in range(0, chunks, per_call)]
+  # The same chunks as one pass with the full batch: the same result.
+  got, _ = audio.read_audio(paths["sine"], mono=False)
+  for c in range(channels):
+    ref = separator.separate_long(x[:, c], CHUNK, CHUNK // 2, batch_size=4)[0]
+    np.testing.assert_allclose(got[:, c], ref, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- file loop
+def test_separate_files_track_folders_results_and_listener(separator, tmp_path):
+  root = tmp_path / "in"
+  for track in ("t1", "t2"):  # MUSDB18-HQ layout: the mixture and its stems
+    (root / track).mkdir(parents=True)
+    for stem in ("mixture", "vocals", "drums"):
+      audio.write_audio(str(root / track / f"{stem}.wav"), _noise(9000, channels=2, seed=len(stem)), 22050)
+  audio.write_audio(str(root / "song.flac"), _noise(5000), 16000)
+  (root / "bad.wav").write_text("not audio")
+  events = []
+
+  class Recorder(inference.Listener):
+
+    def start(self, path, track, seconds, chunks):
+      events.append(("start", track, round(seconds, 3), chunks))
+
+    def progress(self, done, total):
+      events.append(("progress", done, total))
+
+    def done(self, result):
+      events.append(("done", result.track, result.ok))
+
+  sep = inference.AudioSeparator(separator, chunk_seconds=0.1)
+  out = tmp_path / "out"
+  # A track folder is one track: its mixture, named after the folder; its stems are not separated.
+  results = inference.separate_files(sep, inputs=str(root / "t1"), output_dir=str(out), listener=Recorder())
+  assert [(r.track, r.ok) for r in results] == [("t1", True)]
+  assert _files(out) == sorted(f"t1/{n}.wav" for n in separator.source_names)
+  assert sf.info(str(out / "t1" / "sine.wav")).frames == 9000 and sf.info(str(out / "t1" / "sine.wav")).channels == 2
+  chunks = sep.num_chunks(audio.resampled_length(9000, 22050, separator.sample_rate))
+  assert chunks >= inference.MIN_PROGRESS_STEPS
+  assert events == [("start", "t1", round(9000 / 22050, 3), chunks),
+                    *[("progress", d, chunks) for d in range(1, chunks + 1)], ("done", "t1", True)]
+  # A folder of track folders and files, as before: each track folder's mixture, each file; a bad input fails
+  # alone; explicit arguments, no flags. Outputs that exist (t1/*.wav) make a track fail, untouched.
+  before = (out / "t1" / "sine.wav").read_bytes()
+  results = inference.separate_files(separator, inputs=[str(root)], output_dir=str(out), fmt="flac",
+                                     subtype="PCM_24", chunk_seconds=0.1, batch_size=2, downmix=True)
+  assert [(r.track, r.ok) for r in results] == [("bad", False), ("song", True), ("t1", True), ("t2", True)]
+  assert "not a readable audio file" in results[0].error and results[0].path in results[0].error
+  assert sf.info(results[1].outputs["sine"]).channels == 1  # downmix
+  assert (out / "t1" / "sine.wav").read_bytes() == before
+  results = inference.separate_files(separator, inputs=str(root / "t1"), output_dir=str(out))
+  assert not results[0].ok and "--overwrite" in results[0].error
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(audio.AudioError, match="no audio files found"):
+    inference.separate_files(separator, inputs=str(tmp_path / "empty"), output_dir=str(out))
+
+
+def test_cancellation_from_another_thread_leaves_no_partial_output(separator, tmp_path):
+  root, out = tmp_path / "in", tmp_path / "out"
   root.mkdir()
-  t = np.arange(16000) / 16000.0
-  stereo = np.stack([np.sin(2 * np.pi * 330 * t), np.sign(np.sin(2 * np.pi * 110 * t))], axis=1) * 0.4
-  sf.write(str(root / "good.wav"), stereo, 16000, subtype="PCM_16")
-  (root / "notaudio.wav").write_text("this is not audio\n")
-  (root / "empty.flac").write_bytes(b"")
-  nan = (0.1 * np.sin(np.arange(8000) / 5.0)).astype(np.float32)
-  nan[6000] = np.nan
-  sf.write(str(root / "nan.wav"), nan, 16000, subtype="FLOAT")
-  (root / "song.mp3").write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + b"\x00" * 256)
+  audio.write_audio(str(root / "a.wav"), _noise(8000), separator.sample_rate)
+  audio.write_audio(str(root / "b.wav"), _noise(60000), separator.sample_rate)
+  cancel = inference.Cancellation()
+  in_b, resume, outcome = threading.Event(), threading.Event(), {}
 
+  class PauseInB(inference.Listener):  # holds the worker in the middle of track b until the test has cancelled
+    track = None
 
-def test_cli_missing_model_dir(tmp_path):
-  _write_inputs(tmp_path / "in")
-  r = _cli(f"--model_dir={tmp_path / 'nope'}", f"--input={tmp_path / 'in' / 'good.wav'}",
-           f"--output_dir={tmp_path / 'out'}")
-  assert r.returncode != 0
-  assert "nope: no such directory" in r.stderr
-  assert not (tmp_path / "out").exists()
+    def start(self, path, track, seconds, chunks):
+      self.track = track
 
+    def progress(self, done, total):
+      if self.track == "b" and not in_b.is_set():
+        in_b.set()
+        resume.wait(30)
 
-def test_cli_bad_inputs_no_partial_outputs_no_clobbering(tiny_supervised_dir, separator, tmp_path):
-  inp, out = tmp_path / "in", tmp_path / "out"
-  _write_inputs(inp)
-  names = separator.source_names
-  expected = sorted(f"good/{n}.wav" for n in names)
+  def work():
+    try:
+      inference.separate_files(separator, inputs=str(root), output_dir=str(out), chunk_seconds=0.2,
+                               listener=PauseInB(), cancel=cancel)
+    except BaseException as e:  # pylint: disable=broad-except
+      outcome["error"] = e
 
-  # A directory of one good and four bad inputs: each bad one named with its problem, only good/ written.
-  r = _cli(f"--model_dir={tiny_supervised_dir}", f"--input={inp}", f"--output_dir={out}", "--chunk_seconds=0.2")
-  assert r.returncode == 1, r.stderr
-  for name, problem in [("notaudio.wav", "not a readable audio file"), ("empty.flac", "empty file"),
-                        ("nan.wav", "non-finite"), ("song.mp3", "unsupported format")]:
-    assert any(name in line and problem in line for line in r.stderr.splitlines()), (name, r.stderr)
-  assert "4 of 5 input(s) failed" in r.stderr
-  assert _files(out) == expected  # no partial files, no temporaries, no empty track folders
-  info = sf.info(str(out / "good" / "sine.wav"))
-  assert (info.samplerate, info.channels, info.frames) == (16000, 2, 16000)
-  before = {f: (out / f).read_bytes() for f in expected}
-  (out / "good" / "sine.wav").write_bytes(b"keep me")  # a user's file where an output would go
-  before["good/sine.wav"] = b"keep me"
-
-  # Outputs exist: refused, nothing touched.
-  r = _cli(f"--model_dir={tiny_supervised_dir}", f"--input={inp / 'good.wav'}", f"--output_dir={out}")
-  assert r.returncode == 1 and "--overwrite" in r.stderr, r.stderr
-  assert {f: (out / f).read_bytes() for f in expected} == before
-  assert _files(out) == expected
-
-  # --overwrite replaces them all (in-process: the CLI calls the same separate_file).
-  sep = inference.AudioSeparator(separator)
-  sep.separate_file(str(inp / "good.wav"), str(out), overwrite=True, subtype="FLOAT")
-  assert _files(out) == expected
-  assert sf.info(str(out / "good" / "sine.wav")).subtype == "FLOAT"
+  worker = threading.Thread(target=work, daemon=True)
+  worker.start()
+  assert in_b.wait(60)
+  names = sorted(f"{n}.wav" for n in separator.source_names)
+  temps = [f for f in _files(out) if f.startswith("b/")]
+  assert len(temps) == len(names) and all(os.path.basename(f).startswith(".") and f.endswith(".tmp")
+                                          for f in temps), temps
+  removed = cancel.cancel()  # while the worker is in the middle of b: nothing of b is left when it returns
+  assert len(removed) == len(names) + 1  # the temporary files and the folder b/
+  assert _files(out) == [f"a/{n}" for n in names]
+  resume.set()
+  worker.join(30)
+  assert isinstance(outcome.get("error"), inference.Cancelled)
+  assert _files(out) == [f"a/{n}" for n in names]
+  with pytest.raises(inference.Cancelled):  # stays cancelled
+    inference.separate_files(separator, inputs=str(root), output_dir=str(tmp_path / "again"), cancel=cancel)
+  assert not (tmp_path / "again").exists()

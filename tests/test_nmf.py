@@ -3,11 +3,12 @@ import os
 
 import numpy as np
 import pytest
-from absl import flags
 
+from vsep_tf import model_dir as model_dir_lib
+from vsep_tf import run_flags
 from vsep_tf.evaluation import bsseval
 from vsep_tf.separators import nmf
-from vsep_tf.training import config as config_lib
+from vsep_tf.training import nmf_trainer
 
 RATE = 8000
 
@@ -70,7 +71,7 @@ def test_nmf_separates_sine_from_square_better_than_the_mixture(tmp_path):
   np.testing.assert_allclose(est.sum(axis=1), 2 * mixes, atol=2e-3)
   # save / load round trip, and chunked separation of a longer signal
   sep.save(str(tmp_path / nmf.NMF_FILENAME), extra={"kl/sine": 0.1})
-  again = nmf.NMFSeparator.from_model_dir(str(tmp_path))
+  again = nmf.NMFSeparator.load(str(tmp_path / nmf.NMF_FILENAME))
   assert again.describe() == sep.describe()
   np.testing.assert_allclose(np.asarray(again.separate(mixes[:1])), est[:1], atol=1e-5)
   long = again.separate_long(np.concatenate(list(mixes)), chunk_length=RATE * 2, overlap=1024)
@@ -78,24 +79,22 @@ def test_nmf_separates_sine_from_square_better_than_the_mixture(tmp_path):
 
 
 def test_trainer_on_toy_data_and_load_separator(tmp_path):
-  from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
   from vsep_tf.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
   model_dir = tmp_path / "nmf"
-  fv = config_lib.define_flags(flags.FlagValues())
-  fv(["x", f"--model_dir={model_dir}", "--job=nmf", "--dataset=toy", "--toy_seed=0"])
+  cfg = run_flags.parse_flags([f"--model_dir={model_dir}", "--job=nmf", "--dataset=toy", "--toy_seed=0"])
   trainer_cls = trainer_lib.get_trainer("nmf")
-  assert trainer_cls is nmf.NMFTrainer
-  metrics = trainer_cls(fv, None, num_atoms=8, n_fft=1024, hop=256, train_iterations=30,
+  assert trainer_cls is nmf_trainer.NMFTrainer
+  metrics = trainer_cls(cfg, None, num_atoms=8, n_fft=1024, hop=256, train_iterations=30,
                         separate_iterations=30, max_train_seconds=12.0).train()
   assert set(metrics) >= {"kl/sine", "kl/square", "kl/sawtooth", "kl/triangle", "seconds"}
   assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
-  assert os.path.exists(model_dir / "config.flags") and os.path.exists(model_dir / nmf.NMF_FILENAME)
-  sep = load_separator(str(model_dir))
+  assert os.path.exists(model_dir / model_dir_lib.MANIFEST_FILENAME) and os.path.exists(model_dir / nmf.NMF_FILENAME)
+  sep = model_dir_lib.load_separator(str(model_dir))
   assert isinstance(sep, nmf.NMFSeparator) and sep.method == "nmf"
   assert sep.source_names == ("sine", "square", "sawtooth", "triangle") and sep.sample_rate == 14700
   assert sep.mix == "mean" and sep.num_atoms == 8 and sep.iterations == 30
   with pytest.raises(ValueError, match="unknown NMF settings"):
-    nmf.NMFTrainer(fv, None, atoms=3)
+    nmf_trainer.NMFTrainer(cfg, None, atoms=3)
 
   # the evaluation tool on this model directory (toy items of another seed), in process
   from vsep_tf import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel

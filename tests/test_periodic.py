@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from vsep_tf import signal as signal_lib
 from vsep_tf.data.toy import ToyData
-from vsep_tf.separators import load_separator
+from vsep_tf.model_dir import load_separator
 from vsep_tf.separators import periodic
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,12 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from vsep_tf import data as data_lib
 from vsep_tf import signal as signal_lib
-from vsep_tf.separators import load_separator
+from vsep_tf.model_dir import MANIFEST_FILENAME, PRIORS_SUBDIR, load_separator
 from vsep_tf.separators.langevin import LangevinSeparator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,20 +22,9 @@ SHIPPED = sorted(d for d in os.listdir(PRETRAINED) if os.path.isdir(os.path.join
 def test_pretrained_is_small():
   total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(PRETRAINED) for f in files)
   assert 0 < total <= 30 * 2 ** 20, total
-  for name in SHIPPED:  # flags and a training log ship with every model
-    assert os.path.exists(os.path.join(PRETRAINED, name, "config.flags"))
+  for name in SHIPPED:  # a manifest and a training log ship with every model
+    assert os.path.exists(os.path.join(PRETRAINED, name, MANIFEST_FILENAME))
     assert os.path.exists(os.path.join(PRETRAINED, name, "train.log"))
-
-
-def test_shipped_toy_encoder_beats_the_mixture_on_held_out_items():
-  sep = load_separator(os.path.join(PRETRAINED, "toy", "encoder"))
-  assert sep.method == "variational" and sep.mix == "mean"
-  data = data_lib.build_dataset("toy", seed=1234)  # a seed never trained on
-  batch = next(iter(data.mixtures("test", length=16384, batch_size=8, seed=0)))
-  est = sep.separate(batch["mix"])
-  np.testing.assert_allclose(tf.reduce_mean(est, 1).numpy(), batch["mix"].numpy(), atol=1e-4)
-  gain = signal_lib.si_sdr_improvement(batch["sources"], est, batch["mix"][:, None]).numpy()  # [8, 4]
-  assert np.median(gain) > 3.0, np.median(gain, 0)
 
 
 def test_shipped_toy_priors_are_score_priors_for_langevin():
@@ -67,7 +55,6 @@ def test_posterior_check_finds_the_truth_stable_under_the_shipped_toy_priors(tmp
     assert value > 15.0 and value > result["mixture"][name] + 10.0, result
   # With 2 items a median is a mean, so the per-item best chain (by mean SI-SDR) cannot lose on average.
   assert np.mean(list(result["blind_best2"].values())) >= np.mean(list(result["blind"].values())) - 0.01, result
-  assert 0.0 <= report["energy"]["blind"]["truth_below_every_chain"] <= 1.0
   # Every other assignment of the true sources to the classes scores worse on at least one of the 2 items
   # (measured on 8 long crops: the truth ranks first on all, the sine/triangle swap next; README).
   perm = report["energy"]["permutations"]
@@ -80,13 +67,10 @@ def test_posterior_check_finds_the_truth_stable_under_the_shipped_toy_priors(tmp
   assert proc.returncode != 0 and "needs score priors" in proc.stderr and not bad.exists()
 
 
-CHORALES = os.path.join(REPO, "..", "shared", "data", "chorales")
-
-
-def _chorales_test_track_gain(sep, seconds=5):
+def _chorales_test_track_gain(sep, chorales, seconds=5):
   """SI-SDR improvements [N] of `sep` on the first `seconds` of the first chorale test track; checks that the
   estimates add up to the mix (every shipped chorale separator is mixture-consistent)."""
-  data = data_lib.build_dataset("stems", root=CHORALES, mix="sum")
+  data = data_lib.build_dataset("stems", root=str(chorales), mix="sum")
   _, mix, sources = next(iter(data.tracks("test")))
   n = seconds * data.sample_rate
   mix, sources = mix[:n], sources[:, :n]
@@ -95,20 +79,11 @@ def _chorales_test_track_gain(sep, seconds=5):
   return signal_lib.si_sdr_improvement(sources, est, np.broadcast_to(mix, sources.shape)).numpy()
 
 
-@pytest.mark.skipif(not os.path.isdir(CHORALES), reason="../shared/data/chorales is not here")
-def test_shipped_chorales_separator_beats_the_mixture_on_a_test_track():
+def test_shipped_chorales_separator_beats_the_mixture_on_a_test_track(chorales_root):
   sep = load_separator(os.path.join(PRETRAINED, "chorales"))  # amortised encoder + MAP under the spectral priors
   assert sep.method == "spectral" and sep.mix == "sum" and sep.encoder is not None
   assert sep.settings["prior_weight"] == 0.3 and sep.settings["iterations"] == 300
-  gain = _chorales_test_track_gain(sep)
+  gain = _chorales_test_track_gain(sep, chorales_root)
   assert np.median(gain) > 6.0, gain
-  priors_only = load_separator(os.path.join(PRETRAINED, "chorales", "spectral_priors"))
+  priors_only = load_separator(os.path.join(PRETRAINED, "chorales", PRIORS_SUBDIR))
   assert priors_only.encoder is None and priors_only.source_names == sep.source_names
-
-
-@pytest.mark.skipif(not os.path.isdir(CHORALES), reason="../shared/data/chorales is not here")
-def test_shipped_chorales_encoder_still_loads_and_beats_the_mixture():
-  sep = load_separator(os.path.join(PRETRAINED, "chorales", "encoder"))
-  assert sep.method == "variational" and sep.mix == "sum"
-  gain = _chorales_test_track_gain(sep)
-  assert np.median(gain) > 2.0, gain

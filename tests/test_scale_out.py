@@ -76,13 +76,11 @@ def test_two_workers_match_one_process(tmp_path):
       if p.poll() is None:
         p.kill()
   # The single-process reference, in this process (default strategy, one device, the same global batch).
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
+  from vsep_tf import run_flags  # pylint: disable=import-outside-toplevel
   from vsep_tf.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
-  fv = config_lib.define_flags(flags.FlagValues())
-  fv(["t", f"--model_dir={tmp_path / 'single'}", *TINY, "--train_steps=6", "--steps_per_loop=3",
-      "--checkpoint_every=6"])
-  single = trainer_lib.PriorTrainer(fv)
+  cfg = run_flags.parse_flags([f"--model_dir={tmp_path / 'single'}", *TINY, "--train_steps=6", "--steps_per_loop=3",
+                               "--checkpoint_every=6"])
+  single = trainer_lib.PriorTrainer(cfg)
   ref = {"total_loss": single.train()["total_loss"], "step": str(int(single.step.numpy()))}
 
   chief, worker = outs

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from vsep_tf import run_flags
+from vsep_tf.model_dir import MANIFEST_FILENAME, load_separator, read_manifest
 from vsep_tf.priors.base import Prior
-from vsep_tf.separators import consistency_projection, load_separator
+from vsep_tf.separators import consistency_projection
 from vsep_tf.separators import encoder as encoder_lib
 from vsep_tf.separators.langevin import LangevinSeparator
-from vsep_tf.training import config as config_lib
+from vsep_tf.research.sleep_trainer import SleepDistillTrainer
 from vsep_tf.training import separator_trainer, trainer as trainer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,9 +132,8 @@ def test_annealed_sigma_is_geometric_then_held():
 
 
 def _fv(*args):
-  fv = config_lib.define_flags(__import__("absl.flags").flags.FlagValues())
-  fv(["test", f"--flagfile={os.path.join(REPO, 'configs/data/toy.flags')}", *args])
-  return fv
+  """The Config of the toy data flagfile plus `args`."""
+  return run_flags.parse_flags([f"--flagfile={os.path.join(REPO, 'configs/data/toy.flags')}", *args])
 
 
 TINY_PRIOR = ["--wavenet.num_blocks=1", "--wavenet.num_layers=3", "--wavenet.residual_channels=4",
@@ -146,8 +147,10 @@ RUN = ["--crop_length=512", "--batch_size=4", "--steps_per_loop=5", "--warmup_st
 @pytest.fixture(scope="module")
 def tiny_prior_dir(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp("priors"))
-  fv = _fv(*TINY_PRIOR, *RUN, f"--model_dir={model_dir}", "--train_steps=5", "--checkpoint_every=5")
+  fv = _fv("--job=priors", *TINY_PRIOR, *RUN, f"--model_dir={model_dir}", "--train_steps=5",
+           "--checkpoint_every=5")
   trainer_lib.PriorTrainer(fv).train()
+  run_flags.save_config(fv, model_dir)  # as vsep_tf.train does
   return model_dir
 
 
@@ -209,10 +212,12 @@ def test_variational_distills_a_teacher_then_maximises_the_elbo(tiny_prior_dir, 
   model_dir = str(tmp_path / "var")
   fv = _fv("--job=variational", f"--prior_dir={tiny_prior_dir}", f"--teacher_dir={nmf_dir}", "--distill_steps=5",
            *TINY_ENCODER, *RUN, f"--model_dir={model_dir}", "--train_steps=10", "--checkpoint_every=5")
-  trainer = separator_trainer.SeparatorTrainer(fv)
-  batch = next(iter(trainer.dataset))
-  assert set(batch) == {"mix", "teacher"} and batch["teacher"].shape == (4, 4, 512)
-  np.testing.assert_allclose(batch["teacher"].numpy().mean(1), batch["mix"].numpy(), atol=1e-3)
+  trainer = SleepDistillTrainer(fv)
+  assert set(next(iter(trainer.dataset))) == {"mix"}  # the ELBO phase's data: mixes only
+  batch = next(iter(trainer.phase_dataset("distill")))  # the targets of the distill phase: the teacher's estimates
+  assert set(batch) == {"mix", "sources"} and batch["sources"].shape == (4, 4, 512)
+  np.testing.assert_allclose(batch["sources"].numpy(), trainer.teacher.separate(batch["mix"]).numpy(), atol=1e-5)
+  np.testing.assert_allclose(batch["sources"].numpy().mean(1), batch["mix"].numpy(), atol=1e-3)
   metrics = trainer.train()
   assert int(trainer.step.numpy()) == 10 and trainer.phase == "elbo"
   assert "prior_nll" in metrics and np.isfinite(metrics["total_loss"])
@@ -238,7 +243,7 @@ def test_sleep_phase_trains_on_prior_samples_only(tiny_prior_dir, tmp_path):
   model_dir = str(tmp_path / "var")
   fv = _fv("--job=variational", f"--prior_dir={tiny_prior_dir}", "--sleep_steps=4", "--sleep_bank_size=3",
            *TINY_ENCODER, *RUN, f"--model_dir={model_dir}", "--train_steps=6", "--checkpoint_every=2")
-  trainer = separator_trainer.SeparatorTrainer(fv)
+  trainer = SleepDistillTrainer(fv)
   bank = trainer.bank
   assert bank.shape == (4, 3, 2 * 512) and np.all(np.isfinite(bank))
   with np.load(f"{model_dir}/prior_samples.npz") as f:
@@ -257,7 +262,7 @@ def test_sleep_phase_trains_on_prior_samples_only(tiny_prior_dir, tmp_path):
   metrics = trainer.train()
   assert int(trainer.step.numpy()) == 6 and trainer.phase == "elbo" and "prior_nll" in metrics
   # A restart reuses the cached bank instead of sampling again.
-  again = separator_trainer.SeparatorTrainer(fv)
+  again = SleepDistillTrainer(fv)
   np.testing.assert_array_equal(again.bank, bank)
 
 
@@ -268,7 +273,7 @@ def test_sleep_level_match_and_gain_scale_the_prior_samples(tiny_prior_dir, tmp_
   fv = _fv("--job=variational", f"--prior_dir={tiny_prior_dir}", "--sleep_steps=4", "--sleep_bank_size=3",
            "--sleep_match_level", "--sleep_gain_db=6", *TINY_ENCODER, *RUN, f"--model_dir={tmp_path / 'var'}",
            "--train_steps=4")
-  trainer = separator_trainer.SeparatorTrainer(fv)
+  trainer = SleepDistillTrainer(fv)
   level = trainer.bank_level_gains()
   batch = next(iter(trainer.data.mixtures("train", length=4096, batch_size=64, seed=99)))  # other crops
   real_rms = np.sqrt(np.mean(np.square(batch["sources"].numpy()), axis=(0, 2)))
@@ -295,9 +300,9 @@ def test_resumed_run_ends_each_phase_at_its_step(tiny_prior_dir, tmp_path):
   model_dir = str(tmp_path / "var")
   common = ["--job=variational", f"--prior_dir={tiny_prior_dir}", "--sleep_bank_size=3", *TINY_ENCODER, *RUN,
             f"--model_dir={model_dir}", "--checkpoint_every=2"]
-  separator_trainer.SeparatorTrainer(_fv(*common, "--sleep_steps=2", "--train_steps=2")).train()
+  SleepDistillTrainer(_fv(*common, "--sleep_steps=2", "--train_steps=2")).train()
 
-  class Recorder(separator_trainer.SeparatorTrainer):
+  class Recorder(SleepDistillTrainer):
     seen = []
 
     def on_checkpoint(self, writer, step):
@@ -319,12 +324,12 @@ TINY_SCORE = ["--prior=score", "--score.num_layers=3", "--score.residual_channel
 def test_score_priors_drive_sleep_then_elbo_and_langevin(tmp_path):
   """The whole unsupervised pipeline on score priors: prior training, sleep phase on their samples, ELBO."""
   prior_dir = str(tmp_path / "score_priors")
-  fv = _fv(*TINY_SCORE, *RUN, f"--model_dir={prior_dir}", "--train_steps=5", "--checkpoint_every=5")
+  fv = _fv("--job=priors", *TINY_SCORE, *RUN, f"--model_dir={prior_dir}", "--train_steps=5", "--checkpoint_every=5")
   trainer_lib.PriorTrainer(fv).train()
   model_dir = str(tmp_path / "var")
   fv = _fv("--job=variational", f"--prior_dir={prior_dir}", *TINY_ENCODER, *RUN, f"--model_dir={model_dir}",
            "--sleep_steps=5", "--sleep_bank_size=3", "--train_steps=10", "--checkpoint_every=5")
-  trainer = separator_trainer.SeparatorTrainer(fv)
+  trainer = SleepDistillTrainer(fv)
   assert [p for p, _ in trainer.phases()] == ["sleep", "elbo"]
   assert trainer.bank.shape == (4, 3, 1024) and np.all(np.isfinite(trainer.bank))
   metrics = trainer.train()
@@ -340,14 +345,37 @@ def test_ship_model_keeps_the_latest_checkpoint_only(tiny_prior_dir, tmp_path):
   import sys  # pylint: disable=import-outside-toplevel
   out = tmp_path / "shipped"
   cmd = [sys.executable, "-m", "tools.ship_model", f"--model_dir={tiny_prior_dir}", f"--output_dir={out}"]
-  proc = subprocess.run([*cmd, "--set=model_dir=pretrained/tiny"], cwd=REPO, capture_output=True, text=True,
+  proc = subprocess.run([*cmd, "--set=langevin_levels=3"], cwd=REPO, capture_output=True, text=True,
                         timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert sorted(os.listdir(out / "checkpoints")) == ["checkpoint", "ckpt-5.data-00000-of-00001", "ckpt-5.index"]
-  assert "--model_dir=pretrained/tiny\n" in (out / "config.flags").read_text()
-  sep = load_separator(str(out), ["--langevin_levels=1", "--langevin_steps_per_level=1"])
-  assert sep.source_names == ("sine", "square", "sawtooth", "triangle")
+  assert read_manifest(str(out))["settings"]["langevin_levels"] == 3
+  assert not (out / run_flags.CONFIG_FILENAME).exists()  # the manifest is all a shipped model needs
+  sep = load_separator(str(out), ["--langevin_steps_per_level=1"])
+  assert sep.source_names == ("sine", "square", "sawtooth", "triangle") and len(sep.sigmas) == 3
   bad = subprocess.run([*cmd, "--set=no_such_flag=1"], cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert bad.returncode == 1 and "no --no_such_flag= line" in bad.stderr
+  assert bad.returncode == 1 and "unknown setting 'no_such_flag'" in bad.stderr
   assert sorted(os.listdir(out / "checkpoints"))[0] == "checkpoint"  # the earlier copy is intact
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".ship-")]  # no half-written copy left
+
+
+@pytest.mark.slow  # out of the default run and CI (15-minute budget); run with: pytest -m slow
+def test_ship_model_writes_the_manifest_of_a_legacy_directory(tiny_prior_dir, tmp_path):
+  """An older model directory (config.flags, no manifest.json) is refused by load_separator with a pointer to
+  tools.ship_model, and the shipped copy of it loads."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from vsep_tf.model_dir import ModelDirError  # pylint: disable=import-outside-toplevel
+  legacy = tmp_path / "legacy"
+  shutil.copytree(tiny_prior_dir, legacy)
+  os.remove(legacy / MANIFEST_FILENAME)
+  with pytest.raises(ModelDirError, match="tools.ship_model"):
+    load_separator(str(legacy))
+  out = tmp_path / "shipped"
+  proc = subprocess.run([sys.executable, "-m", "tools.ship_model", f"--model_dir={legacy}", f"--output_dir={out}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert read_manifest(str(out))["settings"] == read_manifest(tiny_prior_dir)["settings"]
+  sep = load_separator(str(out), ["--langevin_levels=1", "--langevin_steps_per_level=1"])
+  assert isinstance(sep, LangevinSeparator) and sep.source_names == ("sine", "square", "sawtooth", "triangle")

@@ -1,16 +1,20 @@
 """Spectral VAE priors and MAP separation under them: the prior's losses and augmentation, the trainer on a
 stem folder written here (real WAV files, a held-out 'valid' track), separation of two tone classes, the MAP
 fit, load_separator / evaluate on the valid split, bad input."""
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
 
 from vsep_tf import audio
+from vsep_tf import model_dir as model_dir_lib
+from vsep_tf import run_flags
 from vsep_tf.evaluation import bsseval
+from vsep_tf.model_dir import load_separator
 from vsep_tf.priors.spectral import SpectralPrior, build_spectral_prior
 from vsep_tf.separators import spectral
-from vsep_tf.training import config as config_lib
 
 RATE = 8000
 PITCHES = 110.0 * 2.0 ** (np.arange(0, 24, 2) / 12)  # a whole-tone grid over two octaves
@@ -95,11 +99,12 @@ def trained(tmp_path_factory):
   from vsep_tf.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
   root = _stem_folder(tmp_path_factory.mktemp("stems"))
   model_dir = tmp_path_factory.mktemp("model") / "spectral"
-  fv = config_lib.define_flags(flags.FlagValues())
-  fv(["x", f"--model_dir={model_dir}", "--job=spectral", "--dataset=stems", f"--data_root={root}",
+  cfg = run_flags.parse_flags([
+      f"--model_dir={model_dir}", "--job=spectral", "--dataset=stems", f"--data_root={root}",
       "--valid_tracks=1", "--train_steps=400", "--batch_size=64", "--learning_rate=3e-3", "--grad_clip_norm=0",
       "--steps_per_loop=50", "--checkpoint_every=200", "--spectral_search.iterations=150", *SMALL])
-  trainer = trainer_lib.get_trainer("spectral")(fv, None)
+  trainer = trainer_lib.get_trainer("spectral")(cfg, None)
+  run_flags.save_config(cfg, str(model_dir))  # as vsep_tf.train does
   first = trainer.train(num_steps=20)
   metrics = trainer.train()
   return root, model_dir, trainer, first, metrics
@@ -109,13 +114,12 @@ def test_trainer_learns_each_class_from_solo_frames(trained):
   _, model_dir, trainer, first, metrics = trained
   assert int(trainer.step.numpy()) == 400 and set(metrics) == {"sine", "square", "total_loss"}
   assert metrics["sine"] < first["sine"] and metrics["square"] < first["square"], (first, metrics)
-  assert (model_dir / "config.flags").exists() and (model_dir / "checkpoints" / "checkpoint").exists()
+  assert (model_dir / model_dir_lib.MANIFEST_FILENAME).exists() and (model_dir / "checkpoints" / "checkpoint").exists()
   # only the 3 train tracks were read: the held-out track is not in the data
   assert sorted(t.name for t in trainer.data._tracks["valid"]) and len(trainer.data._tracks["train"]) == 3
 
 
 def test_separates_two_tone_classes_and_the_fit_lowers_its_objective(trained):
-  from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
   _, model_dir, _, _, _ = trained
   sep = load_separator(str(model_dir))
   assert isinstance(sep, spectral.SpectralPriorSeparator) and sep.source_names == ("sine", "square")
@@ -156,7 +160,6 @@ def test_evaluate_reads_the_models_held_out_split(trained):
 def test_ship_weights_only_drops_the_optimizer_state(trained, tmp_path):
   import shutil  # pylint: disable=import-outside-toplevel
   from tools import ship_model  # pylint: disable=import-outside-toplevel
-  from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
   _, model_dir, _, _, _ = trained
   out = tmp_path / "shipped"
   prefix = ship_model.ship(str(model_dir), str(out), weights_only=True)
@@ -170,16 +173,16 @@ def test_ship_weights_only_drops_the_optimizer_state(trained, tmp_path):
   np.testing.assert_array_equal(load_separator(str(out)).separate(mix), load_separator(str(model_dir)).separate(mix))
   other = tmp_path / "other"
   shutil.copytree(model_dir, other)
-  config = (other / "config.flags").read_text().replace("--job=spectral", "--job=nmf")
-  (other / "config.flags").write_text(config)
-  with pytest.raises(ValueError, match="supports --job=spectral and spectral_encoder"):
+  manifest = model_dir_lib.read_manifest(str(other))
+  manifest["separator"], manifest["settings"]["job"] = "nmf", "nmf"
+  (other / model_dir_lib.MANIFEST_FILENAME).write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match="supports spectral and spectral_encoder models"):
     ship_model.ship(str(other), str(tmp_path / "refused"), weights_only=True)
   assert not (tmp_path / "refused").exists()
 
 
 def test_exports_to_saved_model_but_refuses_tflite(trained, tmp_path):
   from vsep_tf.export import saved_model, tflite  # pylint: disable=import-outside-toplevel
-  from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
   _, model_dir, _, _, _ = trained
   sep = load_separator(str(model_dir))
   path = saved_model.export_saved_model(sep, str(tmp_path / "exports"), "spectral", chunk_length=8000)
@@ -192,16 +195,15 @@ def test_exports_to_saved_model_but_refuses_tflite(trained, tmp_path):
 
 
 def test_amortised_encoder_trains_on_mixes_alone_and_separates_in_one_pass(trained, tmp_path):
-  from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
   from vsep_tf.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
   root, prior_dir, _, _, _ = trained
   model_dir = tmp_path / "encoder"
-  fv = config_lib.define_flags(flags.FlagValues())
-  fv(["x", f"--model_dir={model_dir}", "--job=spectral_encoder", f"--prior_dir={prior_dir}", "--dataset=stems",
+  cfg = run_flags.parse_flags([
+      f"--model_dir={model_dir}", "--job=spectral_encoder", f"--prior_dir={prior_dir}", "--dataset=stems",
       f"--data_root={root}", "--valid_tracks=1", "--crop_length=8000", "--batch_size=8", "--train_steps=300",
       "--learning_rate=3e-3", "--grad_clip_norm=0", "--steps_per_loop=50", "--checkpoint_every=300",
       "--spectral_encoder.hidden_units=64", "--spectral_search.iterations=0"])
-  trainer = trainer_lib.get_trainer("spectral_encoder")(fv, None)
+  trainer = trainer_lib.get_trainer("spectral_encoder")(cfg, None)
   frozen = [v.numpy().copy() for p in trainer.priors.values() for v in p.weights]
   first = trainer.train(num_steps=10)
   last = trainer.train()
@@ -219,13 +221,14 @@ def test_amortised_encoder_trains_on_mixes_alone_and_separates_in_one_pass(train
   est = np.asarray(sep.separate(mixes))  # one forward pass
   gains = np.stack([bsseval.si_sdr_scores(sources[i], est[i], mixes[i])["si_sdri"] for i in range(4)])
   assert np.median(gains) > 5.0, gains
+  assert model_dir_lib.read_manifest(str(model_dir))["components"] == {"priors": str(prior_dir)}  # outside it
   from tools import ship_model  # pylint: disable=import-outside-toplevel
-  import shutil  # pylint: disable=import-outside-toplevel
   shipped = tmp_path / "shipped"  # the encoder alone (no Adam state), its priors inside it, named relatively
-  ship_model.ship(str(model_dir), str(shipped), overrides=["prior_dir=priors"], weights_only=True)
-  shutil.copytree(prior_dir, shipped / "priors")
+  ship_model.ship(str(model_dir), str(shipped), weights_only=True)
+  assert model_dir_lib.read_manifest(str(shipped))["components"] == {"priors": "priors"}
+  assert (shipped / "priors" / model_dir_lib.MANIFEST_FILENAME).exists()
   np.testing.assert_array_equal(load_separator(str(shipped)).separate(mixes[:1]), est[:1])
-  bad = config_lib.define_flags(flags.FlagValues())
-  bad(["x", f"--model_dir={tmp_path / 'bad'}", "--job=spectral_encoder", "--dataset=stems", f"--data_root={root}"])
+  bad = run_flags.parse_flags([f"--model_dir={tmp_path / 'bad'}", "--job=spectral_encoder", "--dataset=stems",
+                               f"--data_root={root}"])
   with pytest.raises(ValueError, match="needs --prior_dir"):
     trainer_lib.get_trainer("spectral_encoder")(bad, None)

@@ -4,9 +4,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
-from vsep_tf.training import config as config_lib
+from vsep_tf import model_dir as model_dir_lib
+from vsep_tf import registry
+from vsep_tf import run_flags
 from vsep_tf.training import strategy as strategy_lib
 from vsep_tf.training import trainer as trainer_lib
 
@@ -15,39 +16,40 @@ TINY_WAVENET = ["--prior=wavenet", "--wavenet.num_blocks=1", "--wavenet.num_laye
 
 
 def make_flags(model_dir, *extra):
-  fv = config_lib.define_flags(flags.FlagValues())
-  fv(["test", f"--model_dir={model_dir}", "--dataset=toy", "--crop_length=512", "--batch_size=4",
+  return run_flags.parse_flags([
+      f"--model_dir={model_dir}", "--job=priors", "--dataset=toy", "--crop_length=512", "--batch_size=4",
       "--steps_per_loop=5", "--checkpoint_every=10", "--warmup_steps=1", "--learning_rate=3e-3",
       "--audio_summary_seconds=0", *TINY_WAVENET, *extra])
-  return fv
 
 
 def test_config_round_trip(tmp_path):
-  fv = make_flags(tmp_path, "--wavenet.residual_channels=12", "--train_steps=7")
-  config_lib.save_config(fv, str(tmp_path))
-  text = (tmp_path / config_lib.CONFIG_FILENAME).read_text()
+  cfg = make_flags(tmp_path, "--wavenet.residual_channels=12", "--train_steps=7")
+  run_flags.save_config(cfg, str(tmp_path))
+  text = (tmp_path / run_flags.CONFIG_FILENAME).read_text()
   assert "--wavenet.residual_channels=12" in text and "--train_steps=7" in text
   assert "--flagfile" not in text and "--logtostderr" not in text  # only this project's flags
-  back = config_lib.load_config(str(tmp_path))
-  for name in config_lib.project_flag_names():
-    assert back[name].value == fv[name].value, name
-  assert config_lib.factory_kwargs(back, "wavenet")["residual_channels"] == 12
+  back = run_flags.load_run_config(str(tmp_path))
+  for name in run_flags.project_flag_names():
+    assert back[name] == cfg[name], name
+  assert registry.factory_kwargs(back, "wavenet")["residual_channels"] == 12
 
 
 def test_load_config_rejects_non_model_dir(tmp_path):
-  with pytest.raises(FileNotFoundError, match="not a vsep-tf model directory"):
-    config_lib.load_config(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="not a training run directory"):
+    run_flags.load_run_config(str(tmp_path))
+  with pytest.raises(model_dir_lib.ModelDirError, match="not a vsep-tf model directory"):
+    model_dir_lib.load_config(str(tmp_path))
 
 
 def test_smoke_training_loss_falls(tmp_path):
-  fv = make_flags(tmp_path, "--train_steps=60", "--p_clean=1.0")
-  trainer = trainer_lib.PriorTrainer(fv)
+  cfg = make_flags(tmp_path, "--train_steps=60", "--p_clean=1.0")
+  trainer = trainer_lib.PriorTrainer(cfg)
   first = trainer.train(num_steps=5)["total_loss"]
   last = trainer.train()["total_loss"]
   assert int(trainer.step.numpy()) == 60
   assert np.isfinite(last) and last < first - 0.5, (first, last)
   assert tf.train.latest_checkpoint(os.path.join(tmp_path, "checkpoints")).endswith("ckpt-60")
-  assert (tmp_path / config_lib.CONFIG_FILENAME).exists()
+  assert (tmp_path / model_dir_lib.MANIFEST_FILENAME).exists()
 
 
 def test_resume_continues_from_checkpoint(tmp_path):
@@ -71,8 +73,8 @@ def test_mirrored_matches_default_strategy(tmp_path):
   results = {}
   for name in ("default", "mirrored"):
     strategy = strategy_lib.get_strategy(name, num_cpu_devices=2)
-    fv = make_flags(tmp_path / name, "--train_steps=10", "--p_clean=1.0", "--seed=3")
-    trainer = trainer_lib.PriorTrainer(fv, strategy)
+    cfg = make_flags(tmp_path / name, "--train_steps=10", "--p_clean=1.0", "--seed=3")
+    trainer = trainer_lib.PriorTrainer(cfg, strategy)
     assert trainer.strategy.num_replicas_in_sync == (2 if name == "mirrored" else 1)
     losses = [trainer.train(num_steps=5)["total_loss"], trainer.train(num_steps=5)["total_loss"]]
     results[name] = (losses, [v.numpy() for v in trainer.variables])

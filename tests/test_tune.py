@@ -8,7 +8,7 @@ import pytest
 from absl import flags
 
 from vsep_tf import tune
-from vsep_tf.training import config as config_lib
+from vsep_tf import run_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,9 +50,8 @@ def test_flow_search_resumes_and_writes_a_train_flagfile(tmp_path):
 
   # The best flagfile: accepted unchanged by the train flag parser, with the best trial's hyperparameters.
   best_row = min(rows, key=lambda r: float(r["objective"]))
-  fv = config_lib.define_flags(flags.FlagValues())  # what vsep_tf/train.py parses with
-  fv(["train", f"--flagfile={second['best']}"])
-  assert fv.prior == "flow" and fv["flow.width"].value == 4
+  fv = run_flags.parse_flags([f"--flagfile={second['best']}"])  # what vsep_tf/train.py parses with
+  assert fv.prior == "flow" and fv["flow.width"] == 4
   assert fv.learning_rate == pytest.approx(float(best_row["learning_rate"]))
   assert fv.p_clean == pytest.approx(float(best_row["p_clean"]))
   assert fv.model_dir == str(project / "best_model")
@@ -66,9 +65,8 @@ def test_hp_specs_and_overrides():
   assert tune.declare(hp, "wavenet.num_layers=int:6:12:2") in (6, 8, 10, 12)
   args = tune.overrides({**hp.values, "tuner/epochs": 3})
   assert not any(a.startswith("--tuner/") for a in args)
-  fv = config_lib.define_flags(flags.FlagValues())
-  fv(["x", *args])  # every override is a valid project flag
-  assert fv["wavenet.residual_channels"].value == hp.values["wavenet.residual_channels"]
+  fv = run_flags.parse_flags(args)  # every override is a valid project flag
+  assert fv["wavenet.residual_channels"] == hp.values["wavenet.residual_channels"]
   with pytest.raises(ValueError, match="not a vsep-tf flag"):
     tune.parse_hp("no_such_flag=float:0:1")
   with pytest.raises(ValueError, match="kind"):
@@ -80,7 +78,7 @@ def test_tune_toy_flagfile_parses():
   cwd = os.getcwd()
   os.chdir(REPO)
   try:
-    fv(["tune", "--flagfile=configs/tune_toy.flags"])
+    fv(["tune", "--flagfile=configs/research/tune_toy.flags"])
   finally:
     os.chdir(cwd)
   space = tuple(fv.hp) or tune.default_space(fv)

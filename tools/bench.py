@@ -17,9 +17,9 @@ Sections (--sections):
   flops     FLOPs per second of audio of the exported chunk graph (TF's graph profiler, frozen graph) and the
             fraction of this machine's measured float32 matmul peak that the separator reaches.
 
-The models are the DEFAULT ARCHITECTURES of the toy configs (configs/toy_variational.flags' encoder,
-configs/toy.flags' priors) built at 16 kHz and trained for 2 steps: speed does not depend on the weights (no
-separator is shipped yet, see README). --encoder_dir / --priors_dir measure trained model directories instead.
+The models are the DEFAULT ARCHITECTURES of the toy research configs (configs/research/toy_variational.flags'
+encoder, configs/research/toy_wavenet.flags' priors) built at 16 kHz and trained for 2 steps: speed does not
+depend on the weights. --encoder_dir / --priors_dir measure trained model directories instead.
 Writes --output_json, --output_md and --output_png. Figures depend on the machine and its load: not a test.
 """
 from __future__ import annotations
@@ -92,8 +92,8 @@ def build_model_dirs(work_dir: str) -> tuple:
   """Default-architecture encoder and priors at --sample_rate, 2 training steps each (speed only)."""
   dirs = []
   for name, flagfile, extra in [
-      ("encoder", "configs/toy_supervised.flags", ["--valid_examples=0", *FLAGS.encoder_flags]),
-      ("priors", "configs/toy.flags", ["--audio_summary_seconds=0"])]:
+      ("encoder", "configs/research/toy_supervised.flags", ["--valid_examples=0", *FLAGS.encoder_flags]),
+      ("priors", "configs/research/toy_wavenet.flags", ["--audio_summary_seconds=0"])]:
     model_dir = os.path.join(work_dir, name)
     log(f"building the default {name} ({flagfile}, 2 steps) in {model_dir}")
     proc = run_python(["-m", "vsep_tf.train", f"--flagfile={flagfile}", f"--model_dir={model_dir}",
@@ -124,7 +124,7 @@ def bench_audio(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- sections
 def section_rtf(encoder_dir, priors_dir, work_dir) -> dict:
   from vsep_tf import export as export_lib  # pylint: disable=import-outside-toplevel
-  from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
+  from vsep_tf.model_dir import load_separator  # pylint: disable=import-outside-toplevel
   eager = load_separator(encoder_dir)
   rate = eager.sample_rate
   chunk, overlap = eager.chunk_length, eager.chunk_overlap
@@ -244,8 +244,9 @@ def section_training(work_dir) -> dict:
 
 
 def worker_training() -> dict:
-  """Prior training throughput of configs/toy.flags (4 WaveNet priors, crops of 4096) at each batch size."""
-  from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
+  """Prior training throughput of configs/research/toy_wavenet.flags (4 WaveNet priors, crops of 4096) at each
+  batch size."""
+  from vsep_tf import run_flags  # pylint: disable=import-outside-toplevel
   from vsep_tf.training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
   strategy = strategy_lib.get_strategy(FLAGS.strategy, num_cpu_devices=2)  # before any TF op
   from vsep_tf.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
@@ -255,11 +256,11 @@ def worker_training() -> dict:
       out[str(batch)] = {"error": f"global batch {batch} does not split over "
                                   f"{strategy.num_replicas_in_sync} replicas"}
       continue
-    fv = config_lib.define_flags(flags.FlagValues())
-    fv(["bench", "--flagfile=configs/toy.flags", f"--model_dir={FLAGS.work_dir}/b{batch}",
+    cfg = run_flags.parse_flags([
+        "--flagfile=configs/research/toy_wavenet.flags", f"--model_dir={FLAGS.work_dir}/b{batch}",
         f"--batch_size={batch}", f"--strategy={FLAGS.strategy}", "--steps_per_loop=2", "--train_steps=1000000",
         "--checkpoint_every=1000000", "--audio_summary_seconds=0"])
-    trainer = trainer_lib.get_trainer("priors")(fv, strategy)
+    trainer = trainer_lib.get_trainer("priors")(cfg, strategy)
     trainer.train(num_steps=2)  # trace + first steps
     trainer.loop_times.clear()
     while sum(dt for _, dt in trainer.loop_times) < FLAGS.train_seconds:
@@ -281,7 +282,7 @@ def markdown(res: dict) -> str:
            f"Python {m['python']}. Command: `python -m tools.bench` ({res['date']}).",
            f"Variational encoder: {res['models']['weights']}"
            + (f", flags {' '.join(res['models']['encoder_flags'])}" if res["models"].get("encoder_flags") else
-              ", configs/toy_variational.flags architecture (2 x 10 layers, 32 / 64 channels)") + ".", ""]
+              ", configs/research/toy_variational.flags architecture (2 x 10 layers, 32 / 64 channels)") + ".", ""]
   rtf = res.get("rtf")
   if rtf:
     lines += [f"**Separation speed** ({rtf['audio_seconds']:.0f} s of audio at {rtf['sample_rate']} Hz; "
@@ -329,7 +330,7 @@ def markdown(res: dict) -> str:
       lines.append(f"| {k} min | {v['peak_rss_mib']:.0f} MiB | {v['wall_seconds']:.1f} s | {v['cli_rtf']:.4f} |")
   tr = res.get("training")
   if tr:
-    lines += ["", "**Prior training throughput** (configs/toy.flags: 4 WaveNet priors, crops of 4,096; "
+    lines += ["", "**Prior training throughput** (configs/research/toy_wavenet.flags: 4 WaveNet priors, crops of 4,096; "
                   "ksamples/s summed over the priors)", "",
               "| batch | default | Mirrored (2 logical CPUs) | ratio |", "|---|---|---|---|"]
     for b in FLAGS.batch_sizes:

@@ -179,7 +179,7 @@ def main(argv):
     return 1
   print(text)
   if FLAGS.output_md:
-    from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
+    from vsep_tf import config as config_lib  # pylint: disable=import-outside-toplevel
     config_lib.atomic_write_text(FLAGS.output_md, text)
   if FLAGS.output_png:
     try:

@@ -34,12 +34,12 @@ def main(argv):
   import numpy as np  # pylint: disable=import-outside-toplevel
   from vsep_tf import signal as signal_lib  # pylint: disable=import-outside-toplevel
   from vsep_tf.data.toy import TOY_ITEM_LENGTH, ToyData  # pylint: disable=import-outside-toplevel
-  from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
+  from vsep_tf import config as config_lib  # pylint: disable=import-outside-toplevel
+  from vsep_tf.model_dir import load_config, load_separator  # pylint: disable=import-outside-toplevel
   from vsep_tf.separators.periodic import PeriodicSeparator  # pylint: disable=import-outside-toplevel
-  from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
 
   sep = load_separator(FLAGS.model_dir, ["--priors_search=periodic"])
-  if not isinstance(sep, PeriodicSeparator) or config_lib.load_config(FLAGS.model_dir).dataset != "toy":
+  if not isinstance(sep, PeriodicSeparator) or load_config(FLAGS.model_dir).dataset != "toy":
     raise app.UsageError(f"{FLAGS.model_dir}: needs a toy --job=priors directory with score priors")
   data = ToyData(seed=FLAGS.toy_seed, mix=sep.mix, item_length=FLAGS.length or TOY_ITEM_LENGTH)
   n = sep.num_sources

@@ -1,6 +1,6 @@
 r"""Does the posterior under a set of score priors hold the right answer, and can a sampler find it?
 
-  python -m tools.posterior_check --prior_dir=pretrained/toy --init_dir=pretrained/toy/encoder \
+  python -m tools.posterior_check --prior_dir=pretrained/toy --init_dir=runs/toy_score_variational \
       --output_json=docs/results/toy_posterior_check.json
 
 Held-out crops (toy: --toy_seed, default 1234, never trained on; stems: the test split) are separated by an
@@ -86,16 +86,18 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from vsep_tf import signal as signal_lib  # pylint: disable=import-outside-toplevel
   from vsep_tf.data import mixing  # pylint: disable=import-outside-toplevel
-  from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
-  from vsep_tf.training import builders, config as config_lib  # pylint: disable=import-outside-toplevel
+  from vsep_tf import config as config_lib  # pylint: disable=import-outside-toplevel
+  from vsep_tf import registry  # pylint: disable=import-outside-toplevel
+  from vsep_tf.model_dir import load_separator, restore_priors  # pylint: disable=import-outside-toplevel
+  from tools.common import model_data_config  # pylint: disable=import-outside-toplevel
 
-  fv = config_lib.load_config(FLAGS.prior_dir)
-  if fv.prior != "score":
-    raise app.UsageError(f"{FLAGS.prior_dir} holds --prior={fv.prior} priors; this check needs score priors")
-  if fv.dataset == "toy":
-    fv["toy_seed"].value = FLAGS.toy_seed
-  data = builders.dataset_from_config(fv)
-  priors, _ = builders.restore_priors(FLAGS.prior_dir)
+  cfg = model_data_config(FLAGS.prior_dir)
+  if cfg.prior != "score":
+    raise app.UsageError(f"{FLAGS.prior_dir} holds --prior={cfg.prior} priors; this check needs score priors")
+  if cfg.dataset == "toy":
+    cfg = cfg.replace(toy_seed=FLAGS.toy_seed)
+  data = registry.dataset_from_config(cfg)
+  priors, _ = restore_priors(FLAGS.prior_dir)
   priors = [priors[name] for name in data.source_names]
   batch = next(iter(data.mixtures("test", length=FLAGS.length, batch_size=FLAGS.num_examples, seed=FLAGS.seed)))
   mix, sources = batch["mix"], batch["sources"]
@@ -161,7 +163,7 @@ def main(argv):
     if start != "truth":
       print(f"energy {start}: {row}")
   if FLAGS.output_json:
-    out = {"prior_dir": FLAGS.prior_dir, "init_dir": FLAGS.init_dir, "dataset": fv.dataset,
+    out = {"prior_dir": FLAGS.prior_dir, "init_dir": FLAGS.init_dir, "dataset": cfg.dataset,
            "num_examples": FLAGS.num_examples, "length": FLAGS.length, "levels": FLAGS.levels,
            "restarts": FLAGS.restarts, "median_si_sdr": results,
            "energy": {k: v for k, v in energies.items() if k != "truth"}}

@@ -3,7 +3,7 @@ r"""Prior confusion table: does each prior rank its own source class first, nois
   python -m tools.prior_confusion --model_dir=runs/toy --num_examples=32 \
       --output_md=runs/toy/confusion.md --output_png=runs/toy/confusion.png
 
-Rebuilds the priors from the model directory alone (config.flags + latest checkpoint) and scores held-out solo
+Rebuilds the priors from the model directory alone (manifest.json + latest checkpoint; data paths from config.flags) and scores held-out solo
 crops of every class (split --split of the model's own dataset; for toy data a seed never trained on).
 Score priors are ranked by their denoising error instead (see vsep_tf/evaluation/confusion.py).
 """
@@ -27,31 +27,28 @@ flags.DEFINE_string("output_png", None, "Write the heatmaps here.")
 flags.DEFINE_string("output_json", None, "Write the raw table here.")
 
 
-def held_out_examples(fv, split, num_examples, crop_length, seed):
+def held_out_examples(cfg, split, num_examples, crop_length, seed):
   """{class: float32 [num_examples, crop_length]} held-out solo crops from the model's dataset."""
-  from vsep_tf.training import builders  # pylint: disable=import-outside-toplevel
-  if fv.dataset == "toy":
-    fv = _with_override(fv, "toy_seed", seed)  # a seed the priors never saw
-  data = builders.dataset_from_config(fv)
+  from vsep_tf import registry  # pylint: disable=import-outside-toplevel
+  if cfg.dataset == "toy":
+    cfg = cfg.replace(toy_seed=seed)  # a seed the priors never saw
+  data = registry.dataset_from_config(cfg)
   batch = next(iter(data.solo(split, crop_length=crop_length, batch_size=num_examples, seed=seed)))
   return {name: batch[name].numpy() for name in data.source_names}
-
-
-def _with_override(fv, name, value):
-  fv[name].value = value
-  return fv
 
 
 def main(argv):
   del argv
   import numpy as np  # pylint: disable=import-outside-toplevel
   from vsep_tf.evaluation import confusion  # pylint: disable=import-outside-toplevel
-  from vsep_tf.training import builders  # pylint: disable=import-outside-toplevel
-  priors, fv = builders.restore_priors(FLAGS.model_dir)
-  if fv.dataset == "toy" and FLAGS.seed == fv.toy_seed:
+  from vsep_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
+  from tools.common import model_data_config  # pylint: disable=import-outside-toplevel
+  priors, _ = model_dir_lib.restore_priors(FLAGS.model_dir)
+  cfg = model_data_config(FLAGS.model_dir)
+  if cfg.dataset == "toy" and FLAGS.seed == cfg.toy_seed:
     raise app.UsageError(f"--seed={FLAGS.seed} is the toy seed the priors were trained on")
-  crop = FLAGS.crop_length or fv.crop_length
-  examples = held_out_examples(fv, FLAGS.split, FLAGS.num_examples, crop, FLAGS.seed)
+  crop = FLAGS.crop_length or cfg.crop_length
+  examples = held_out_examples(cfg, FLAGS.split, FLAGS.num_examples, crop, FLAGS.seed)
   sigmas = [float(s) for s in FLAGS.sigmas]
   if not all(p.has_log_prob for p in priors.values()):
     sigmas = [s for s in sigmas if s > 0]  # score priors: denoising error, noisy levels only

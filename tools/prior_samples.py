@@ -37,13 +37,15 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from vsep_tf import audio  # pylint: disable=import-outside-toplevel
   from vsep_tf.evaluation.confusion import tonal_stats  # pylint: disable=import-outside-toplevel
-  from vsep_tf.training import builders  # pylint: disable=import-outside-toplevel
+  from vsep_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
+  from vsep_tf import registry  # pylint: disable=import-outside-toplevel
+  from tools.common import model_data_config  # pylint: disable=import-outside-toplevel
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  priors, fv = builders.restore_priors(FLAGS.prior_dir)
-  data = builders.dataset_from_config(fv)
+  priors, _ = model_dir_lib.restore_priors(FLAGS.prior_dir)
+  data = registry.dataset_from_config(model_data_config(FLAGS.prior_dir))
   rate = data.sample_rate
   length = int(FLAGS.seconds * rate)
   os.makedirs(FLAGS.output_dir, exist_ok=True)

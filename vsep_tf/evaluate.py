@@ -11,7 +11,7 @@ What is scored (see vsep_tf.evaluation.bsseval): per track and source, museval v
 windows (median over frames, silent frames left out) and whole-track SI-SDR / SI-SDRi; then the median over
 tracks per source, and 'overall' = the median over sources ('overall_mean': the mean over sources).
 
-Methods: a trained model (--model_dir, rebuilt by vsep_tf.separators.load_separator), or a baseline that
+Methods: a trained model (--model_dir, rebuilt by vsep_tf.model_dir.load_separator), or a baseline that
 needs no model (--method): 'oracle_irm' (ideal ratio mask from the TRUE sources, STFT --oracle_fft; an upper
 bound for masking methods) and 'mixture' (the mixture as every estimate, as m_sum / N so that the estimates
 add up to the mix: the floor; SDR about +1.2 dB for 4 equal-power sources, see separators/oracle.py).
@@ -46,6 +46,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from absl import app, flags, logging
 import numpy as np
 
+from vsep_tf import config as config_lib
+from vsep_tf import model_dir as model_dir_lib
+from vsep_tf import run_flags
 from vsep_tf.evaluation import bsseval
 
 # TensorFlow and everything that imports it are imported inside functions: the spawned scoring workers
@@ -80,6 +83,7 @@ class EvalOptions:
   oracle_power: float = 2.0
   win_seconds: float = 1.0
   hop_seconds: float = 1.0
+  stereo: bool = False           # score 2 channels as 2 channels (stems, musdb): museval on [N, T, 2]
 
   def validate(self):
     if self.dataset not in DATASETS:
@@ -97,6 +101,10 @@ class EvalOptions:
         raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
     if self.batch_size == 0:
       raise ValueError("--batch_size must be positive")
+    if self.stereo and self.dataset == "toy":
+      raise ValueError("--stereo: the toy data is mono")
+    if self.stereo and self.eq_tilt_db_per_octave:
+      raise ValueError("--eq_tilt_db_per_octave is a mono check; drop --stereo")
     if self.max_seconds < 0 or self.win_seconds <= 0 or self.hop_seconds <= 0 or self.oracle_power <= 0:
       raise ValueError("--max_seconds must be >= 0; window, hop and oracle power must be positive")
     return self
@@ -129,11 +137,11 @@ def build_dataset(opts: EvalOptions):
   if opts.dataset == "toy":
     kwargs = dict(seed=opts.toy_seed)
   elif opts.dataset == "stems":
-    kwargs = dict(root=opts.data_root)
+    kwargs = dict(root=opts.data_root, channels=2 if opts.stereo else None)
     if opts.valid_tracks:
       kwargs["valid_tracks"] = opts.valid_tracks
   elif opts.dataset == "musdb":
-    kwargs = dict(root=opts.musdb_root, is_wav=opts.musdb_is_wav)
+    kwargs = dict(root=opts.musdb_root, is_wav=opts.musdb_is_wav, mono=not opts.stereo)
   if opts.sample_rate:
     kwargs["sample_rate"] = opts.sample_rate
   if opts.mix:
@@ -150,7 +158,8 @@ def num_tracks(dataset, opts: EvalOptions) -> Optional[int]:
 
 
 def iter_tracks(dataset, opts: EvalOptions) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
-  """(name, mix [T], sources [N, T]) of the split, at most opts.limit, cropped to max_seconds."""
+  """(name, mix [T(, C)], sources [N, T(, C)]) of the split, at most opts.limit, cropped to max_seconds
+  (C = 2 with opts.stereo)."""
   from vsep_tf.data import base  # pylint: disable=import-outside-toplevel
   base.check_split(opts.split)
   if opts.dataset == "toy":
@@ -162,8 +171,8 @@ def iter_tracks(dataset, opts: EvalOptions) -> Iterator[Tuple[str, np.ndarray, n
     if opts.limit and i >= opts.limit:
       return
     mix, sources = np.asarray(mix, np.float32), np.asarray(sources, np.float32)
-    if mix.ndim != 1:
-      raise ValueError(f"track {name}: multichannel audio {mix.shape}; the evaluation is mono")
+    if mix.ndim != (2 if opts.stereo else 1):
+      raise ValueError(f"track {name}: audio of shape {mix.shape}; expected {'[T, 2]' if opts.stereo else '[T]'}")
     if crop:
       mix, sources = mix[:crop], sources[:, :crop]
     if opts.eq_tilt_db_per_octave:
@@ -190,7 +199,7 @@ def make_separator(method: Optional[str], model_dir: Optional[str], dataset, opt
   '--name=value' each), or a baseline built for `dataset`."""
   from vsep_tf.separators import oracle  # pylint: disable=import-outside-toplevel
   if model_dir:
-    from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
+    from vsep_tf.model_dir import load_separator  # pylint: disable=import-outside-toplevel
     return load_separator(model_dir, list(model_flags))
   if method == "oracle_irm":
     return oracle.OracleIRM(dataset.source_names, dataset.sample_rate, dataset.mix,
@@ -202,10 +211,8 @@ def make_separator(method: Optional[str], model_dir: Optional[str], dataset, opt
 
 
 def check_model_dir(model_dir: str):
-  if not os.path.isdir(model_dir):
-    raise FileNotFoundError(f"--model_dir={model_dir} does not exist")
-  if not os.path.exists(os.path.join(model_dir, "config.flags")):
-    raise FileNotFoundError(f"--model_dir={model_dir} is not a vsep-tf model directory (no config.flags)")
+  """Raises model_dir.ModelDirError (a ValueError) naming what is wrong with `model_dir`."""
+  model_dir_lib.read_manifest(model_dir)
 
 
 class _Adapter:
@@ -233,13 +240,15 @@ class _Adapter:
                       self.data_rate, self.model_rate, self.data_rate)
 
   def _to_model(self, x):
+    """A mix [T] or [T, C] (time first) at the model's rate and mixing convention."""
     from vsep_tf import audio  # pylint: disable=import-outside-toplevel
     x = np.asarray(x, np.float32) * np.float32(self.gain)
     if not self.resampled:
       return x
-    return audio.resample(x.T, self.data_rate, self.model_rate).T  # time first for resample
+    return audio.resample(x, self.data_rate, self.model_rate)
 
   def _to_data(self, est, length):
+    """Estimates [..., N, T] (model order and rate) -> data order and rate, T = length."""
     from vsep_tf import audio  # pylint: disable=import-outside-toplevel
     est = np.asarray(est, np.float32)[..., self.order, :]
     if not self.resampled:
@@ -259,8 +268,17 @@ class _Adapter:
     return self._to_data(self.sep.separate(self._to_model(mixes)), length)
 
   def long(self, mix, sources):
-    """mix [T], sources [N, T] -> estimates [N, T]."""
+    """mix [T], sources [N, T] -> estimates [N, T]; stereo: mix [T, C], sources [N, T, C] -> [N, T, C] (the
+    channels go to the separator together: Separator.separate_channels)."""
     from vsep_tf.separators import oracle  # pylint: disable=import-outside-toplevel
+    mix = np.asarray(mix, np.float32)
+    if mix.ndim == 2:
+      if isinstance(self.sep, oracle.OracleIRM):  # the oracle masks each channel from its own true sources
+        return np.stack([self.sep.separate_oracle_long(mix[:, c], sources[..., c]) for c in range(mix.shape[1])],
+                        axis=-1)
+      x = self._to_model(mix)
+      est = np.concatenate(list(self.sep.separate_stream([x], x.shape[0], batch_size=self.batch_size)), axis=1)
+      return np.moveaxis(self._to_data(np.moveaxis(est, -1, 0), mix.shape[0]), 0, -1)  # [N, T, C]
     if isinstance(self.sep, oracle.OracleIRM):
       return self.sep.separate_oracle_long(mix, sources)
     return self._to_data(self.sep.separate_long(self._to_model(mix), batch_size=self.batch_size), mix.shape[-1])
@@ -344,12 +362,12 @@ def evaluate(opts: EvalOptions, method: Optional[str] = None, model_dir: Optiona
 
   def submit(name, mix, sources, est, seconds):
     nonlocal audio_seconds
-    audio_seconds += mix.shape[-1] / rate
+    audio_seconds += mix.shape[0] / rate
     si = bsseval.si_sdr_scores(sources, est, mix)
     args = (sources.astype(np.float64), est.astype(np.float64), rate, opts.win_seconds, opts.hop_seconds)
     job = (pool.apply_async(bsseval.museval_worker, args) if pool is not None
            else _Inline(bsseval.museval_worker(*args)))
-    pending.append((name, job, si, seconds, mix.shape[-1] / rate))
+    pending.append((name, job, si, seconds, mix.shape[0] / rate))
     if write_audio_dir:
       _write_estimates(write_audio_dir, name, est, names, rate)
 
@@ -366,7 +384,6 @@ def evaluate(opts: EvalOptions, method: Optional[str] = None, model_dir: Optiona
                 "frames": {n: {m: bss[f"{m}_frames"][k] for m in bsseval.BSS_METRICS} for k, n in enumerate(names)}}
       per_track.append(record)
       if per_track_dir:
-        from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
         config_lib.atomic_write_text(os.path.join(per_track_dir, _track_name_safe(name) + ".json"),
                                      json.dumps(bsseval.json_safe(record), indent=1) + "\n")
       done += 1
@@ -455,7 +472,6 @@ def _write_estimates(directory, track, estimates, names, rate):
 
 def write_results(result: Dict, path: str):
   """The result JSON, atomically (strict JSON: NaN written as null)."""
-  from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
   config_lib.atomic_write_text(path, json.dumps(bsseval.json_safe(result), indent=1, allow_nan=False) + "\n")
 
 
@@ -513,6 +529,9 @@ def define_data_flags(fv: flags.FlagValues):
                      flag_values=fv)
   flags.DEFINE_float("win_seconds", d.win_seconds, "BSSEval window (SiSEC: 1 s).", flag_values=fv)
   flags.DEFINE_float("hop_seconds", d.hop_seconds, "BSSEval hop (SiSEC: 1 s).", flag_values=fv)
+  flags.DEFINE_boolean("stereo", d.stereo, "Score 2 channels as 2 channels (stems, musdb): the separator gets both "
+                       "channels together (Separator.separate_channels) and museval scores [N, T, 2].",
+                       flag_values=fv)
 
 
 def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
@@ -537,19 +556,17 @@ def options_from_flags(fv, model_dir: Optional[str] = None) -> EvalOptions:
     if not model_dir:
       raise ValueError("--dataset is required with --method (toy, stems or musdb)")
     check_model_dir(model_dir)
-    from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
-    model_fv = config_lib.load_config(model_dir)
-    kwargs["dataset"] = model_fv.dataset
+    kwargs["dataset"] = model_dir_lib.load_config(model_dir).dataset
+    run_dir = os.path.isfile(os.path.join(model_dir, run_flags.CONFIG_FILENAME))
     for name in ("data_root", "musdb_root"):
-      if not kwargs.get(name):
-        kwargs[name] = model_fv[name].value
+      if not kwargs.get(name) and run_dir:  # a training run names its data; a shipped model does not
+        kwargs[name] = run_flags.load_run_config(model_dir)[name]
     logging.info("no --dataset: using the model's (%s)", kwargs["dataset"])
   for name in ("data_root", "musdb_root"):
     kwargs.setdefault(name, None)
   if not kwargs.get("valid_tracks") and model_dir and os.path.isdir(model_dir):
-    from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
-    with contextlib.suppress(FileNotFoundError):
-      kwargs["valid_tracks"] = config_lib.load_config(model_dir).valid_tracks  # its held-out tracks, not others
+    with contextlib.suppress(model_dir_lib.ModelDirError):
+      kwargs["valid_tracks"] = model_dir_lib.load_config(model_dir).valid_tracks  # its held-out tracks, not others
   return EvalOptions(**kwargs)
 
 

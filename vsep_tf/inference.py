@@ -4,9 +4,10 @@
     sep = inference.AudioSeparator.from_model_dir("runs/toy_supervised")
     sources = sep.separate(waveform, sample_rate)      # {source name: [time] or [time, channels]}, same rate
     paths = sep.separate_file("song.flac", "out")      # out/song/<source>.wav, written atomically
+    results = inference.separate_files(sep, inputs="musdb/test", output_dir="out")  # every track, a result each
 
-Any `separators.base.Separator` works (a trained model directory through `separators.load_separator`, an exported
-SavedModel or TFLite file through `vsep_tf.export`, a TF-Serving endpoint through `vsep_tf.export.client`):
+Any `separators.base.Separator` works (a trained model directory through `vsep_tf.model_dir.load_separator`, an
+exported SavedModel or TFLite file through `vsep_tf.export`, a TF-Serving endpoint through `vsep_tf.export.client`):
 
   * the input is resampled to the model's rate with `audio.resample` (streamed: `audio.StreamResampler`) and the
     estimates back to the input's rate, cut to the input's length;
@@ -19,16 +20,19 @@ SavedModel or TFLite file through `vsep_tf.export`, a TF-Serving endpoint throug
     (unreadable or non-finite input, model error, Ctrl-C) leaves no partial output, and existing outputs are
     never replaced unless overwrite=True.
 
-`define_cli_flags` / `run_cli` are the file loop shared by `python -m vsep_tf.separate` and the TF-Serving client
-(`python -m vsep_tf.export.client`).
+`separate_files` is the file loop of `python -m vsep_tf.separate` and of the TF-Serving client
+(`python -m vsep_tf.export.client`; their flags and interruption handling are in `vsep_tf.cli`): inputs named by
+path (files, folders of files, track folders), one result per track, a failed track reported without stopping the
+others. A `Cancellation` stops it from another thread: the temporary files of the track in progress are removed at
+once, the tracks already completed stay.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
+import threading
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -38,6 +42,7 @@ from vsep_tf.separators.base import Separator
 AUDIO_EXTENSIONS = (".wav", ".flac")   # what the CLI reads (audio.read_audio reads WAV and FLAC)
 FORMATS = ("wav", "flac")
 MIXTURE_STEM = "mixture"               # stem-folder layout: <track>/mixture.<ext>
+MIN_PROGRESS_STEPS = 8                 # a file of enough chunks reports progress at least this often
 ProgressFn = Callable[[int, int], None]
 
 
@@ -48,7 +53,10 @@ class AudioSeparator:
     separator: any separators.base.Separator.
     chunk_seconds: chunk length in seconds (None or 0: the separator's own `chunk_length`). The cross-fade is
       the separator's `chunk_overlap`, at most half the chunk.
-    batch_size: chunks (x channels) per `separate` call.
+    batch_size: chunks (x channels) per `separate` call, at most: a signal of fewer than
+      MIN_PROGRESS_STEPS * batch_size chunks goes in smaller batches (one chunk per call below
+      2 * MIN_PROGRESS_STEPS chunks) so that progress moves at least MIN_PROGRESS_STEPS times when it has as many
+      chunks; the chunks, hence the work and the result, are the same.
     block_seconds: how much of a file is read at a time (separate_file).
   """
 
@@ -65,8 +73,8 @@ class AudioSeparator:
 
   @classmethod
   def from_model_dir(cls, model_dir: str, overrides: Sequence[str] = (), **kwargs) -> "AudioSeparator":
-    """The separator a `python -m vsep_tf.train` model directory holds (separators.load_separator)."""
-    from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
+    """The separator a `python -m vsep_tf.train` model directory holds (vsep_tf.model_dir.load_separator)."""
+    from vsep_tf.model_dir import load_separator  # pylint: disable=import-outside-toplevel
     return cls(load_separator(model_dir, list(overrides)), **kwargs)
 
   @property
@@ -76,6 +84,18 @@ class AudioSeparator:
   @property
   def sample_rate(self) -> int:
     return int(self.separator.sample_rate)
+
+  def num_chunks(self, frames: int) -> int:
+    """How many chunks a signal of `frames` samples at the model's rate is cut into (separate_stream's)."""
+    return num_chunks(frames, self.chunk_length, self.overlap)
+
+  def stream_batch_size(self, frames: int, channels: int) -> int:
+    """The batch_size passed to separate_stream for a signal of `frames` samples (model rate) x `channels`:
+    `batch_size`, or fewer chunks per call when the signal has few (see the class docstring)."""
+    channels = max(1, int(channels))
+    per_call = max(1, self.batch_size // channels)  # chunks per call, as separate_stream counts them
+    per_call = min(per_call, max(1, self.num_chunks(frames) // MIN_PROGRESS_STEPS))
+    return per_call * channels
 
   # -------------------------------------------------------------------------------------------- in memory
   def separate(self, waveform, sample_rate: int, downmix: bool = False,
@@ -102,8 +122,9 @@ class AudioSeparator:
     if downmix:
       x = x.mean(axis=1, keepdims=True, dtype=np.float32)
     y = audio.resample(x, rate, self.sample_rate)
+    batch = self.stream_batch_size(y.shape[0], y.shape[1])
     est = np.concatenate(list(self.separator.separate_stream(
-        [y], y.shape[0], self.chunk_length, self.overlap, self.batch_size, progress)), axis=1)  # [N, T', C]
+        [y], y.shape[0], self.chunk_length, self.overlap, batch, progress)), axis=1)  # [N, T', C]
     out = {}
     for k, name in enumerate(self.source_names):
       z = audio.resample(est[k], self.sample_rate, rate)[:x.shape[0]]
@@ -115,41 +136,55 @@ class AudioSeparator:
     """{source name: <output_dir>/<track>/<source>.<fmt>}."""
     return {name: os.path.join(output_dir, track, f"{name}.{fmt}") for name in self.source_names}
 
+  def check_file(self, path: str, output_dir: str, track: str, fmt: str = "wav", subtype: str = "PCM_16",
+                 overwrite: bool = False):
+    """What separate_file checks before any work: (audio.AudioInfo of the input, {source: output path}).
+    Raises what separate_file raises for a bad input, format or subtype, or existing outputs."""
+    check_input_file(path)
+    info = audio.audio_info(path)
+    targets = self.output_paths(output_dir, track, fmt)
+    for target in targets.values():
+      audio.output_format(target, subtype)
+    if not overwrite:
+      existing = [p for p in targets.values() if os.path.exists(p)]
+      if existing:
+        raise FileExistsError(f"{', '.join(existing)} exist(s); pass --overwrite to replace")
+    return info, targets
+
   def separate_file(self, path: str, output_dir: str, track: Optional[str] = None, fmt: str = "wav",
                     subtype: str = "PCM_16", overwrite: bool = False, downmix: bool = False,
-                    progress: Optional[ProgressFn] = None) -> dict:
+                    progress: Optional[ProgressFn] = None, cancel: Optional["Cancellation"] = None) -> dict:
     """Separates an audio file into <output_dir>/<track>/<source>.<fmt>, streamed, atomically.
 
     The sources have the file's rate and length, and its channels (one if downmix). Nothing is written
     under the final names until every source is complete; an existing output makes it fail before any work
-    unless overwrite=True. Returns {source name: path}.
+    unless overwrite=True. `progress(done, total)` is called per batch of chunks (see the class docstring).
+    `cancel`: a Cancellation another thread may trigger (see there). Returns {source name: path}.
 
     Raises:
       audio.AudioError: missing, empty, unreadable, unsupported or non-finite input (the message names it).
       FileExistsError: outputs exist and overwrite is False.
       ValueError: bad format / subtype.
+      Cancelled: `cancel` was triggered (nothing of this track is left).
     """
     path = os.fspath(path)
-    check_input_file(path)
-    info = audio.audio_info(path)
+    cancel = cancel or Cancellation()
+    cancel.check()
     track = track or track_name(path)
-    targets = self.output_paths(output_dir, track, fmt)
-    for target in targets.values():
-      audio.output_format(target, subtype)  # bad format / subtype: before any work
-    if not overwrite:
-      existing = [p for p in targets.values() if os.path.exists(p)]
-      if existing:
-        raise FileExistsError(f"{', '.join(existing)} exist(s); pass --overwrite to replace")
+    info, targets = self.check_file(path, output_dir, track, fmt, subtype, overwrite)
     channels = 1 if downmix else info.channels
     model_total = audio.resampled_length(info.frames, info.rate, self.sample_rate)
+    batch = self.stream_batch_size(model_total, channels)
     block = max(1, int(self.block_seconds * info.rate))
-    track_dir = os.path.join(output_dir, track)
-    created = _makedirs(track_dir)
+    created, writers = [], {}
     try:
       with contextlib.ExitStack() as stack:
-        writers = {}
-        for name, target in targets.items():
-          writers[name] = stack.enter_context(audio.AudioFileWriter(target, info.rate, channels, subtype))
+        with cancel.files():  # a cancel() sees every file and folder this makes
+          created = _makedirs(os.path.join(output_dir, track))
+          cancel.watch(dirs=created)
+          for name, target in targets.items():
+            writers[name] = stack.enter_context(audio.AudioFileWriter(target, info.rate, channels, subtype))
+            cancel.watch(temps=[writers[name].tmp])
         backs = {name: audio.StreamResampler(self.sample_rate, info.rate) for name in self.source_names}
         written = 0
 
@@ -158,10 +193,16 @@ class AudioSeparator:
           if room > 0 and z.shape[0]:
             writers[name].write(z[:room])
 
+        def step(done, total):
+          cancel.check()
+          if progress is not None:
+            progress(done, total)
+
         blocks = (b.reshape(-1, 1) if b.ndim == 1 else b
                   for b in audio.iter_audio_blocks(path, block, sample_rate=self.sample_rate, mono=downmix))
-        for est in self.separator.separate_stream(blocks, model_total, self.chunk_length, self.overlap,
-                                                  self.batch_size, progress):
+        for est in self.separator.separate_stream(blocks, model_total, self.chunk_length, self.overlap, batch,
+                                                  step):
+          cancel.check()
           if not np.isfinite(est).all():
             raise FloatingPointError(f"{path}: the separator produced non-finite samples (NaN/Inf)")
           for k, name in enumerate(self.source_names):
@@ -173,13 +214,180 @@ class AudioSeparator:
         if short or written != model_total:
           raise RuntimeError(f"{path}: internal error, wrote {[writers[n].frames for n in writers]} frames "
                              f"of {info.frames}")
-        audio.commit_together(writers.values(), overwrite=overwrite)
+        with cancel.files():  # all sources renamed into place, or (cancelled first) none
+          audio.commit_together(writers.values(), overwrite=overwrite)
+          cancel.forget(temps=[w.tmp for w in writers.values()], dirs=created)
     except BaseException:
       for directory in created:  # the folders this call made, deepest first, if nothing else is in them
         with contextlib.suppress(OSError):
           os.rmdir(directory)
       raise
+    finally:
+      cancel.forget(temps=[w.tmp for w in writers.values()], dirs=created)
     return targets
+
+
+class Cancelled(BaseException):
+  """Raised in the separating thread by a triggered Cancellation (a BaseException, like KeyboardInterrupt: it is
+  not one of the per-track errors that separate_files reports and goes on from)."""
+
+
+class Cancellation:
+  """Stops file separation (separate_file, separate_files) from another thread, leaving no partial output.
+
+  `cancel()` may be called from any thread, including a signal handler of the main thread while the work runs in
+  a worker: it removes at once the temporary files of the track in progress and the folders made for it (if
+  empty), and the work raises Cancelled at its next check (the next batch of chunks: a model call in flight is
+  not interrupted). Files are created, and a track's sources renamed into place, under a lock that cancel()
+  takes too, so every track is either complete or absent and cancel() never misses a file: a caller may end the
+  process right after it returns (os._exit) without waiting for the worker.
+  """
+
+  def __init__(self):
+    self._lock = threading.RLock()  # re-entered by watch / forget inside files()
+    self._temps, self._dirs = [], []
+    self.cancelled = False
+
+  def check(self) -> None:
+    """Raises Cancelled if cancel() was called."""
+    if self.cancelled:
+      raise Cancelled()
+
+  @contextlib.contextmanager
+  def files(self):
+    """Holds the lock while files are created or renamed; raises Cancelled (nothing done) if cancelled."""
+    with self._lock:
+      self.check()
+      yield
+
+  def watch(self, temps: Sequence[str] = (), dirs: Sequence[str] = ()) -> None:
+    """Files and folders (deepest first) that cancel() removes. Call inside files(), right after making them."""
+    with self._lock:
+      self._temps.extend(temps)
+      self._dirs.extend(dirs)
+
+  def forget(self, temps: Sequence[str] = (), dirs: Sequence[str] = ()) -> None:
+    """No longer removed by cancel() (renamed into place, or removed by their owner)."""
+    with self._lock:
+      self._temps = [p for p in self._temps if p not in temps]
+      self._dirs = [d for d in self._dirs if d not in dirs]
+
+  def cancel(self, timeout: float = 5.0) -> list:
+    """Stops the work: removes the temporary files (and the then empty folders) of the track in progress.
+
+    Waits at most `timeout` seconds for a rename into place in progress (milliseconds) to finish. Returns the
+    removed paths. Idempotent.
+    """
+    locked = self._lock.acquire(timeout=timeout)
+    try:
+      self.cancelled = True
+      removed = []
+      for p in list(self._temps):
+        with contextlib.suppress(OSError):
+          os.unlink(p)
+          removed.append(p)
+      for d in list(self._dirs):  # deepest first
+        with contextlib.suppress(OSError):
+          os.rmdir(d)
+          removed.append(d)
+      self._temps, self._dirs = [], []
+      return removed
+    finally:
+      if locked:
+        self._lock.release()
+
+
+# ------------------------------------------------------------------------------------------------ file loop
+class TrackResult(NamedTuple):
+  """One input of separate_files: its outputs ({source: path}) or the error (one line naming the file)."""
+  path: str
+  track: str
+  outputs: Optional[dict] = None
+  error: Optional[str] = None
+  seconds: float = 0.0  # of audio
+  elapsed: float = 0.0  # of processing
+
+  @property
+  def ok(self) -> bool:
+    return self.error is None
+
+
+class Listener:
+  """What separate_files reports while it runs (every method optional: this class does nothing)."""
+
+  def start(self, path: str, track: str, seconds: float, chunks: int) -> None:
+    """A track starts: its input was checked, it has `seconds` of audio, cut into `chunks` chunks."""
+
+  def progress(self, done: int, total: int) -> None:
+    """Chunks of the current track separated so far."""
+
+  def done(self, result: TrackResult) -> None:
+    """A track ended, separated or failed."""
+
+
+TRACK_ERRORS = (audio.AudioError, FileExistsError, FloatingPointError, ValueError, OSError)
+
+
+def separate_files(separator: Union[Separator, AudioSeparator], *, inputs: Union[str, Sequence[str]],
+                   output_dir: str, fmt: str = "wav", subtype: str = "PCM_16", overwrite: bool = False,
+                   downmix: bool = False, chunk_seconds: Optional[float] = None, batch_size: int = 4,
+                   errors: tuple = (), listener=None, cancel: Optional[Cancellation] = None) -> list:
+  """Separates every input into <output_dir>/<track>/<source>.<fmt> (AudioSeparator.separate_file each).
+
+  Args:
+    separator: a Separator (wrapped with chunk_seconds and batch_size) or an AudioSeparator (used as it is).
+    inputs: a path or a list of paths: audio files, folders of them, track folders (<track>/mixture.{wav,flac},
+      separated as one track named after the folder) and folders of track folders (find_inputs).
+    output_dir, fmt, subtype, overwrite, downmix: as in AudioSeparator.separate_file.
+    chunk_seconds, batch_size: as in AudioSeparator.
+    errors: more exception types that fail one track only (e.g. grpc.RpcError for a remote model), besides
+      TRACK_ERRORS (bad input, existing outputs, non-finite estimates, I/O errors).
+    listener: an object with the methods of Listener (start / progress / done), called from this thread.
+    cancel: a Cancellation (see there); when triggered this raises Cancelled.
+
+  Returns:
+    [TrackResult], one per input track in order. A failed track leaves no output; the others still run.
+
+  Raises:
+    audio.AudioError: an input folder holds no audio (nothing was done).
+    Cancelled: `cancel` was triggered.
+  """
+  if isinstance(separator, AudioSeparator):
+    sep = separator
+  else:
+    sep = AudioSeparator(separator, chunk_seconds=chunk_seconds or None, batch_size=batch_size)
+  listener = listener or Listener()
+  cancel = cancel or Cancellation()
+  paths = []
+  for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs):
+    found = find_inputs(os.fspath(item))
+    if not found:
+      raise audio.AudioError(os.fspath(item), "no audio files found (WAV/FLAC files, or track folders with a "
+                             f"{MIXTURE_STEM}.wav or {MIXTURE_STEM}.flac)")
+    paths += found
+  results, seen = [], {}
+  for path in paths:
+    cancel.check()
+    track = track_name(path)
+    t0 = time.perf_counter()
+    seconds = 0.0
+    try:
+      if track in seen:
+        raise ValueError(f"{path}: same track name {track!r} as {seen[track]}; separate it on its own")
+      seen[track] = path
+      info, _ = sep.check_file(path, output_dir, track, fmt, subtype, overwrite)
+      seconds = info.seconds
+      listener.start(path, track, seconds, sep.num_chunks(audio.resampled_length(info.frames, info.rate,
+                                                                                 sep.sample_rate)))
+      outputs = sep.separate_file(path, output_dir, track=track, fmt=fmt, subtype=subtype, overwrite=overwrite,
+                                  downmix=downmix, progress=listener.progress, cancel=cancel)
+      result = TrackResult(path, track, outputs=outputs, seconds=seconds, elapsed=time.perf_counter() - t0)
+    except (*TRACK_ERRORS, *errors) as e:
+      message = str(e) if path in str(e) else f"{path}: {e}"
+      result = TrackResult(path, track, error=message, seconds=seconds, elapsed=time.perf_counter() - t0)
+    results.append(result)
+    listener.done(result)
+  return results
 
 
 # -------------------------------------------------------------------------------------------------- helpers
@@ -222,12 +430,27 @@ def track_name(path: str) -> str:
   return stem
 
 
+def track_mixtures(directory: str) -> list:
+  """The <directory>/mixture.{wav,flac} that exist: a track folder's input (stem-folder / MUSDB18-HQ layout
+  <track>/{mixture,vocals,...}.wav)."""
+  return [os.path.join(directory, MIXTURE_STEM + ext) for ext in AUDIO_EXTENSIONS
+          if os.path.isfile(os.path.join(directory, MIXTURE_STEM + ext))]
+
+
 def find_inputs(path: str) -> list:
-  """The files to separate: `path` itself, or in a directory its files (any extension: unsupported ones are
-  reported, not skipped) and the <track>/mixture.{wav,flac} of its sub-directories (stem-folder layout).
-  Hidden files are skipped. Sorted."""
+  """The files to separate, sorted:
+
+    * a file: itself;
+    * a track folder (one with a mixture.wav or mixture.flac): that mixture, one track named after the folder (its
+      other files are the stems, not inputs);
+    * any other folder: its files (any extension: unsupported ones are reported, not skipped) and the mixture of
+      each of its track folders. Hidden files and folders are skipped.
+  """
   if not os.path.isdir(path):
     return [path]
+  mixtures = track_mixtures(path)
+  if mixtures:
+    return mixtures
   found = []
   for entry in sorted(os.listdir(path)):
     full = os.path.join(path, entry)
@@ -236,9 +459,17 @@ def find_inputs(path: str) -> list:
     if os.path.isfile(full):
       found.append(full)
     elif os.path.isdir(full):
-      found += [os.path.join(full, MIXTURE_STEM + ext) for ext in AUDIO_EXTENSIONS
-                if os.path.isfile(os.path.join(full, MIXTURE_STEM + ext))]
+      found += track_mixtures(full)
   return found
+
+
+def num_chunks(frames: int, chunk_length: int, overlap: int) -> int:
+  """How many chunks Separator.separate_stream / separate_long cut `frames` samples into (1 if they fit one)."""
+  frames, chunk = int(frames), int(chunk_length)
+  if frames <= chunk:
+    return 1
+  hop = max(1, chunk - int(overlap))
+  return len(range(0, frames - chunk + hop, hop))
 
 
 def _makedirs(directory: str) -> list:
@@ -252,102 +483,3 @@ def _makedirs(directory: str) -> list:
     d = parent
   os.makedirs(directory, exist_ok=True)
   return created
-
-
-class ProgressBar:
-  """progress(done, total) callback drawing a one-line bar on stderr, with the real-time factor so far
-  (processing time / audio time: < 1 is faster than real time)."""
-
-  def __init__(self, label: str, seconds: float, stream=None, width: int = 30):
-    self.label, self.seconds, self.width = label, float(seconds), width
-    self.stream = stream or sys.stderr
-    self.t0 = time.perf_counter()
-
-  def __call__(self, done: int, total: int) -> None:
-    frac = done / max(total, 1)
-    elapsed = time.perf_counter() - self.t0
-    rtf = elapsed / (frac * self.seconds) if frac > 0 and self.seconds > 0 else 0.0
-    filled = int(round(frac * self.width))
-    bar = "=" * filled + "." * (self.width - filled)
-    end = "\n" if done >= total else ""
-    self.stream.write(f"\r{self.label} [{bar}] {done}/{total} chunks, real-time factor {rtf:.3f}{end}")
-    self.stream.flush()
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-def define_cli_flags(fv) -> None:
-  """The input / output flags shared by `python -m vsep_tf.separate` and `python -m vsep_tf.export.client`."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  flags.DEFINE_string("input", None, "An audio file (WAV/FLAC), or a directory: its audio files and the "
-                      "<track>/mixture.{wav,flac} of its sub-directories.", flag_values=fv)
-  flags.DEFINE_string("output_dir", None, "Sources go to <output_dir>/<track>/<source>.<format>.", flag_values=fv)
-  flags.DEFINE_enum("format", "wav", list(FORMATS), "Output file format.", flag_values=fv)
-  flags.DEFINE_enum("subtype", "PCM_16", list(audio.SUBTYPES), "Output sample type (FLOAT: WAV only).",
-                    flag_values=fv)
-  flags.DEFINE_boolean("overwrite", False, "Replace existing outputs (otherwise a track whose outputs exist "
-                       "fails, untouched).", flag_values=fv)
-  flags.DEFINE_float("chunk_seconds", 0.0, "Chunk length in seconds (0: the model's own). Memory grows with "
-                     "it, not with the file's length.", flag_values=fv)
-  flags.DEFINE_boolean("downmix", False, "Average the channels before separating (mono sources) instead of "
-                       "separating every channel.", flag_values=fv)
-  flags.DEFINE_integer("batch_size", 4, "Chunks per model call.", flag_values=fv)
-  flags.DEFINE_boolean("progress", True, "Progress bar on stderr.", flag_values=fv)
-
-
-def check_cli_flags(fv) -> Optional[str]:
-  """A usage problem of the shared flags, or None."""
-  if not fv.input:
-    return "--input is required"
-  if not fv.output_dir:
-    return "--output_dir is required"
-  if not os.path.exists(fv.input):
-    return f"--input={fv.input}: no such file or directory"
-  if fv.format == "flac" and fv.subtype == "FLOAT":
-    return "--format=flac stores integer samples: use --subtype=PCM_16 or PCM_24 (or --format=wav)"
-  if fv.chunk_seconds < 0:
-    return f"--chunk_seconds must be >= 0, got {fv.chunk_seconds}"
-  return None
-
-
-def run_cli(separator: Separator, fv, out=None, extra_errors: tuple = ()) -> int:
-  """Separates every input named by the flags. Returns the exit code: 0 if all tracks succeeded, else 1.
-
-  A failed track is reported on stderr (file and problem) and leaves no output; the others still run.
-  `extra_errors`: more exception types that fail one track only (e.g. grpc.RpcError for a remote model).
-  """
-  out = out or sys.stdout
-  sep = AudioSeparator(separator, chunk_seconds=fv.chunk_seconds or None, batch_size=fv.batch_size)
-  inputs = find_inputs(fv.input)
-  if not inputs:
-    print(f"error: {fv.input}: no audio files found", file=sys.stderr)
-    return 1
-  failures, seen = [], {}
-  for path in inputs:
-    track = track_name(path)
-    if track in seen:
-      failures.append((path, f"{path}: same track name {track!r} as {seen[track]}; separate it on its own"))
-      print(f"error: {failures[-1][1]}", file=sys.stderr)
-      continue
-    seen[track] = path
-    t0 = time.perf_counter()
-    try:
-      check_input_file(path)
-      seconds = audio.audio_info(path).seconds
-      bar = ProgressBar(track, seconds) if fv.progress else None
-      sep.separate_file(path, fv.output_dir, track=track, fmt=fv.format, subtype=fv.subtype,
-                        overwrite=fv.overwrite, downmix=fv.downmix, progress=bar)
-    except (audio.AudioError, FileExistsError, FloatingPointError, ValueError, OSError, *extra_errors) as e:
-      message = str(e) if path in str(e) else f"{path}: {e}"
-      failures.append((path, message))
-      print(f"error: {message}", file=sys.stderr)
-      continue
-    dt = time.perf_counter() - t0
-    names = ",".join(sep.source_names)
-    print(f"{path}: {seconds:.1f} s of audio in {dt:.1f} s (real-time factor {dt / max(seconds, 1e-9):.3f}) -> "
-          f"{os.path.join(fv.output_dir, track)}/{{{names}}}.{fv.format}", file=out, flush=True)
-  if failures:
-    print(f"{len(failures)} of {len(inputs)} input(s) failed, no output written for them:", file=sys.stderr)
-    for _, message in failures:
-      print(f"  {message}", file=sys.stderr)
-    return 1
-  return 0

@@ -1,12 +1,13 @@
-r"""Train vsep-tf models.
+r"""Train vsep-tf models: one command, one model directory.
 
-  python -m vsep_tf.train --flagfile=configs/toy.flags                 # toy priors, minutes on a CPU
-  python -m vsep_tf.train --flagfile=configs/chorales.flags            # ../shared/data/chorales (any stem folder)
+  python -m vsep_tf.train --flagfile=configs/toy.flags          # the main job: a toy separator, minutes on a CPU
+  python -m vsep_tf.train --flagfile=configs/chorales.flags     # ../shared/data/chorales (any stem folder)
   python -m vsep_tf.train --flagfile=configs/musdb.flags --musdb_root=/data/musdb18hq
 
-Run-level flags (paths, strategy, steps) live apart from model hyperparameters ('<family>.<arg>' flags, e.g.
---wavenet.residual_channels). The resolved flags are saved as <model_dir>/config.flags; re-running the same
-command resumes from the latest checkpoint in <model_dir>/checkpoints.
+The default --job=spectral_separator trains the spectral priors, then the amortised encoder, into --model_dir
+(vsep_tf/training/pipeline.py) and ends by printing the command that separates a file with it. Re-running the
+same command resumes from the latest checkpoint of the running stage. The run's flags are saved as
+<model_dir>/config.flags, the model's own settings as <model_dir>/manifest.json.
 """
 from __future__ import annotations
 
@@ -14,16 +15,18 @@ import sys
 
 from absl import app, flags, logging
 
-from vsep_tf.training import config as config_lib
+from vsep_tf import run_flags
 
 FLAGS = flags.FLAGS
 EXIT_NON_FINITE_LOSS = 3  # exit code of a run stopped by a NaN/Inf loss
-config_lib.define_flags(FLAGS)
+run_flags.define_flags(FLAGS)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS.model_dir:
+    raise app.UsageError("--model_dir is required")
   # The strategy first: splitting the CPU into logical devices must precede any TF op.
   from vsep_tf.training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
   if FLAGS.worker_hosts:
@@ -34,7 +37,10 @@ def main(argv):
   from vsep_tf.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
   logging.info("job=%s strategy=%s replicas=%d model_dir=%s", FLAGS.job, FLAGS.strategy,
                strategy.num_replicas_in_sync, FLAGS.model_dir)
-  trainer = trainer_lib.get_trainer(FLAGS.job)(FLAGS, strategy)
+  cfg = run_flags.config_from_flags(FLAGS)
+  trainer = trainer_class(cfg)(cfg, strategy)
+  if strategy_lib.is_chief(strategy):
+    run_flags.save_config(cfg, cfg.model_dir)
   try:
     metrics = trainer.train()
   except trainer_lib.NonFiniteLossError as e:
@@ -46,6 +52,19 @@ def main(argv):
   checksum = getattr(trainer, "weights_checksum", None)
   if checksum is not None:
     print(f"weights_sha256={checksum()}", flush=True)
+  if strategy_lib.is_chief(strategy):
+    print(f"separator ready in {cfg.model_dir}; separate a file with it:\n"
+          f"  python -m vsep_tf.separate --model_dir={cfg.model_dir} --input=song.wav --output_dir=separated",
+          flush=True)
+
+
+def trainer_class(cfg):
+  """The trainer of cfg.job; the research phases of the waveform encoder (vsep_tf/research) when asked for."""
+  from vsep_tf.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+  if cfg.job == "variational" and (cfg.sleep_steps > 0 or (cfg.teacher_dir and cfg.distill_steps > 0)):
+    from vsep_tf.research.sleep_trainer import SleepDistillTrainer  # pylint: disable=import-outside-toplevel
+    return SleepDistillTrainer
+  return trainer_lib.get_trainer(cfg.job)
 
 
 def run():

@@ -29,7 +29,8 @@ import time
 
 from absl import app, flags, logging
 
-from vsep_tf.training import config as config_lib
+from vsep_tf import config as config_lib
+from vsep_tf import run_flags
 
 FLAGS = flags.FLAGS
 
@@ -51,7 +52,7 @@ SEPARATOR_SPACE = ("learning_rate=float:3e-4:1e-2:log", "elbo_sigma_start=float:
 
 def define_tune_flags(fv: flags.FlagValues = FLAGS):
   """The project flags (the base training config) plus the search flags, on `fv` (idempotent)."""
-  config_lib.define_flags(fv)
+  run_flags.define_flags(fv)
   if "tuner" in fv:
     return fv
   flags.DEFINE_enum("tuner", "random", ["random", "hyperband", "bayesian"], "Search algorithm.", flag_values=fv)
@@ -87,7 +88,7 @@ def parse_hp(spec: str):
   if "=" not in spec:
     raise ValueError(f"--hp={spec!r}: expected '<flag>=float:LO:HI[:log]', '=int:LO:HI[:STEP]' or '=choice:A|B'")
   name, rest = spec.split("=", 1)
-  if name not in config_lib.project_flag_names():
+  if name not in run_flags.project_flag_names():
     raise ValueError(f"--hp={spec!r}: {name!r} is not a vsep-tf flag")
   kind, _, args = rest.partition(":")
   if kind not in ("float", "int", "choice"):
@@ -148,14 +149,14 @@ def valid_nll(trainer, sigmas, num_examples: int) -> dict:
   """{class: mean NLL (nats/sample) of its prior on held-out 'valid' solo crops, over `sigmas`}."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   from vsep_tf.evaluation import confusion  # pylint: disable=import-outside-toplevel
-  fv = trainer.fv
-  ds = trainer.data.solo("valid", crop_length=fv.crop_length, batch_size=num_examples, seed=fv.seed + 1,
+  cfg = trainer.cfg
+  ds = trainer.data.solo("valid", crop_length=cfg.crop_length, batch_size=num_examples, seed=cfg.seed + 1,
                          repeat=False)
   batch = next(iter(ds))
   out = {}
   for name, prior in trainer.priors.items():
     table = confusion.log_likelihood_table({name: prior}, {name: np.asarray(batch[name])}, sigmas,
-                                           batch_size=num_examples, seed=fv.seed + 1)
+                                           batch_size=num_examples, seed=cfg.seed + 1)
     out[name] = -float(table[:, 0, 0].mean())
   return out
 
@@ -178,14 +179,12 @@ class _TunerMixin:
     return os.path.join(self.project_dir, f"trial_{trial_id}", "model")
 
   def trial_flags(self, trial):
-    """The trial's FlagValues: base config + hyperparameters + its own model dir (+ Hyperband's steps)."""
+    """The trial's Config: base config + hyperparameters + its own model dir (+ Hyperband's steps)."""
     values = trial.hyperparameters.values
     extra = [f"--model_dir={self.trial_model_dir(trial.trial_id)}"]
     if "tuner/epochs" in values:
       extra.append(f"--train_steps={int(values['tuner/epochs']) * self.fv.steps_per_epoch}")
-    fv = config_lib.define_flags(flags.FlagValues())
-    fv(["vsep_tf.tune", f"--flagfile={self.base_flagfile}", *overrides(values), *extra])
-    return fv
+    return run_flags.parse_flags([f"--flagfile={self.base_flagfile}", *overrides(values), *extra])
 
   def run_trial(self, trial, *args, **kwargs):  # pylint: disable=unused-argument
     import keras_tuner  # pylint: disable=import-outside-toplevel
@@ -193,14 +192,15 @@ class _TunerMixin:
     hp = trial.hyperparameters
     for spec in self.space:
       declare(hp, spec)
-    fv = self.trial_flags(trial)
+    cfg = self.trial_flags(trial)
     parent = hp.values.get("tuner/trial_id")
-    if parent and not os.path.exists(fv.model_dir):  # Hyperband: continue the parent's checkpoints
-      shutil.copytree(self.trial_model_dir(parent), fv.model_dir)
+    if parent and not os.path.exists(cfg.model_dir):  # Hyperband: continue the parent's checkpoints
+      shutil.copytree(self.trial_model_dir(parent), cfg.model_dir)
     logging.info("trial %s: %s", trial.trial_id, " ".join(overrides(hp.values)))
     t0 = time.perf_counter()
     try:
-      trainer = trainer_lib.get_trainer(fv.job)(fv, self.strategy)
+      trainer = trainer_lib.get_trainer(cfg.job)(cfg, self.strategy)
+      run_flags.save_config(cfg, cfg.model_dir)
       metrics = dict(trainer.train())
     except (FloatingPointError, ValueError, tf_errors()) as e:
       raise keras_tuner.errors.FailedTrialError(f"trial {trial.trial_id}: {e}") from e
@@ -221,7 +221,7 @@ class _TunerMixin:
     del trial_id, model, step  # the trainer checkpoints into the trial's model dir
 
   def load_model(self, trial):
-    raise NotImplementedError(f"restore trial {trial.trial_id} with builders.restore_priors / load_separator "
+    raise NotImplementedError(f"restore trial {trial.trial_id} with vsep_tf.model_dir.load_separator "
                               f"from {self.trial_model_dir(trial.trial_id)}")
 
   def on_trial_end(self, trial):
@@ -260,7 +260,7 @@ def make_tuner(fv, strategy=None, base_flagfile=None):
   os.makedirs(tuner.project_dir, exist_ok=True)
   if base_flagfile is None:
     base_flagfile = os.path.join(tuner.project_dir, "base.flags")
-    config_lib.atomic_write_text(base_flagfile, config_lib.config_string(fv))
+    config_lib.atomic_write_text(base_flagfile, config_lib.flagfile_text(run_flags.config_from_flags(fv)))
   tuner.setup(fv, strategy, base_flagfile, space, objective_name)
   return tuner
 
@@ -324,14 +324,13 @@ def write_best_flagfile(tuner, path: str, model_dir: str):
   if not best:
     return None
   trial = best[0]
-  fv = tuner.trial_flags(trial)
-  fv["model_dir"].value = model_dir
+  cfg = tuner.trial_flags(trial).replace(model_dir=model_dir)
   value = trial.metrics.get_best_value(tuner.objective_name)
   header = (f"# Best of {len(tuner.oracle.trials)} trials ({tuner.fv.tuner} search, {tuner.project_dir}): trial "
             f"{trial.trial_id}, {tuner.objective_name}={value:.4f}\n"
             f"#   python -m vsep_tf.train --flagfile={path}\n"
             f"# hyperparameters: {' '.join(overrides(trial.hyperparameters.values))}\n")
-  config_lib.atomic_write_text(path, header + config_lib.config_string(fv))
+  config_lib.atomic_write_text(path, header + config_lib.flagfile_text(cfg))
   return path
 
 

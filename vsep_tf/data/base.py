@@ -141,3 +141,18 @@ class SourceDataset:
   def __repr__(self):
     return (f"{type(self).__name__}(sources={self.source_names}, sample_rate={self.sample_rate}, "
             f"mix={self.mix!r})")
+
+
+def to_channels(x, channels, what: str = "audio") -> np.ndarray:
+  """Decoded audio [n] or [n, C_file] as a data set's layout: [n] (channels None: the channels' mean) or
+  [n, channels] (a mono file duplicated; any other count is an error naming `what`)."""
+  x = np.asarray(x, np.float32)
+  if x.ndim == 1:
+    x = x[:, None]
+  if channels is None:
+    return x.mean(axis=1, dtype=np.float32)
+  if x.shape[1] == 1:
+    return np.repeat(x, channels, axis=1)
+  if x.shape[1] != channels:
+    raise ValueError(f"{what}: {x.shape[1]} channels; expected mono or {channels}")
+  return x

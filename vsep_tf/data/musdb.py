@@ -123,16 +123,7 @@ class MusdbData(recorded.RecordedData):
 
   def _channels(self, x: np.ndarray) -> np.ndarray:
     """[n, C_file] -> [n] (mono: channel mean) or [n, 2] (stereo; a mono file is duplicated)."""
-    x = np.asarray(x, np.float32)
-    if x.ndim == 1:
-      x = x[:, None]
-    if self.mono:
-      return x.mean(axis=1, dtype=np.float32)
-    if x.shape[1] == 1:
-      return np.repeat(x, MUSDB_CHANNELS, axis=1)
-    if x.shape[1] != MUSDB_CHANNELS:
-      raise ValueError(f"expected mono or stereo audio, got {x.shape[1]} channels")
-    return x
+    return base.to_channels(x, self.channels, "MUSDB audio")
 
   def _read_frames(self, rec: MusdbTrack, name: Optional[str], first: int, count: Optional[int]) -> np.ndarray:
     """File frames [first, first + count) (count None: to the end) of a source (name) or the mixture (None),

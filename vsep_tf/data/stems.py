@@ -7,7 +7,8 @@ Layout:
 * Source names are the file stems other than 'mixture', sorted (or in the order of `sources`). Every track of
   every split must hold the same set (ValueError naming the track otherwise). 'mixture' is optional per
   track; it is read only by `tracks()` (evaluation), never for training.
-* Audio is mono (channels averaged, audio.read_audio's policy) and resampled to `sample_rate` (default: the
+* Audio is mono (channels averaged, audio.read_audio's policy; what training reads) or, with channels=2, stereo
+  [T, 2] (a mono file is duplicated; what stereo evaluation reads), resampled to `sample_rate` (default: the
   files' common rate). A track's length T is that of its shortest file at the model rate
   (ceil(frames * sample_rate / file_rate)); longer files are cut to T.
 * Splits are the folders. 'valid' is either a valid/ folder or `valid_tracks` train tracks held out: a list
@@ -90,7 +91,7 @@ def _held_out(names: Sequence[str], valid_tracks) -> List[str]:
 
 
 class StemFolder(recorded.RecordedData):
-  """A folder of stems in MUSDB18-HQ layout (see the module docstring). Mono.
+  """A folder of stems in MUSDB18-HQ layout (see the module docstring). Mono, or stereo with channels=2.
 
   Args:
     root: the folder holding train/ and test/ (and optionally valid/).
@@ -104,6 +105,7 @@ class StemFolder(recorded.RecordedData):
     valid_tracks: train tracks held out as split 'valid' (a count or a list of names).
     bad_audio: what a corrupt or truncated file does (`check_audio_file`): 'error' raises AudioError naming
       it; 'skip' drops its whole track with a warning (listed in `skipped_files`, counted by `num_skipped`).
+    channels: None (mono: the channels' mean) or 2 (stereo [T, 2]; mono files duplicated).
 
   Construction only lists the folders and reads file headers (cheap: builders construct datasets just to
   learn source_names); audio is decoded on the first solo / mixtures / tracks call of a split.
@@ -113,7 +115,10 @@ class StemFolder(recorded.RecordedData):
                mix: str = "sum", min_rms: float = 0.0, min_rms_tries: int = 10,
                gain_db: Union[None, float, Tuple[float, float]] = 0.0, streaming: Optional[bool] = None,
                max_memory_mb: float = 1024.0, valid_tracks: Union[None, int, Sequence[str]] = None,
-               bad_audio: str = "error"):
+               bad_audio: str = "error", channels: Optional[int] = None):
+    if channels not in (None, 2):
+      raise ValueError(f"channels={channels!r}: None (mono) or 2 (stereo)")
+    self.channels = channels
     if bad_audio not in BAD_AUDIO_POLICIES:
       raise ValueError(f"bad_audio={bad_audio!r}; choose from {BAD_AUDIO_POLICIES}")
     self.bad_audio = bad_audio
@@ -236,16 +241,24 @@ class StemFolder(recorded.RecordedData):
     info = track.infos[name]
     path = track.files[name]
     if length is None:  # the whole file, resampled in one go, cut / zero-padded to T
-      x, _ = audio.read_audio(path, sample_rate=self.sample_rate, mono=True)
-      out = np.zeros([track.length], np.float32)
+      x, _ = audio.read_audio(path, sample_rate=self.sample_rate, mono=self.channels is None)
+      x = base.to_channels(x, self.channels, path)
+      out = np.zeros(self._frame_shape(track.length), np.float32)
       out[:min(len(x), track.length)] = x[:track.length]
       return out
 
     def read_frames(first, count):
-      return audio.read_audio(path, mono=True, start=first, frames=count)[0]
+      x = audio.read_audio(path, mono=self.channels is None, start=first, frames=count)[0]
+      return base.to_channels(x, self.channels, path)
 
     return recorded.read_excerpt(read_frames, info.frames, info.rate, self.sample_rate, start, length,
-                                 track_length=track.length)
+                                 track_length=track.length, channels=self.channels)
+    x = x[:, None] if x.ndim == 1 else x
+    if x.shape[1] == 1:
+      return np.repeat(x, 2, axis=1)
+    if x.shape[1] != 2:
+      raise ValueError(f"{path}: {x.shape[1]} channels; a stereo stem folder takes mono or stereo files")
+    return x
 
   def read_source(self, split, index, source, start=0, length=None):
     track = self.track_list(split)[index]

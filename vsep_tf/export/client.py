@@ -10,14 +10,14 @@ only TF-Serving's public API is used, through the official stub
   * Predict(signature_name="metadata") once: source names, sample rate, chunk length and cross-fade;
   * Predict(signature_name="serving_default", inputs={"mix": tf.make_tensor_proto([batch, chunk])}) per batch of
     chunks: the file is streamed, resampled and cross-faded exactly as `python -m vsep_tf.separate` does
-    (vsep_tf.inference), so memory and request sizes do not grow with the file's length.
+    (vsep_tf.inference.separate_files), so memory and request sizes do not grow with the file's length. The
+    flags, messages, exit codes and Ctrl-C / SIGTERM handling are those of `python -m vsep_tf.separate` too
+    (vsep_tf.cli).
 
 `ServingSeparator` is a separators.base.Separator whose `separate` is one Predict call: separate_long and
 vsep_tf.inference.AudioSeparator work on it unchanged.
 """
 from __future__ import annotations
-
-import sys
 
 import grpc
 import numpy as np
@@ -25,7 +25,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from vsep_tf import inference
+from vsep_tf import cli
 from vsep_tf.separators.base import Separator, separate_fixed_rows
 
 GRPC_OPTIONS = [("grpc.max_send_message_length", 2 ** 31 - 1), ("grpc.max_receive_message_length", 2 ** 31 - 1)]
@@ -82,26 +82,30 @@ class ServingSeparator(Separator):
                                self.chunk_length, self.num_sources)
 
 
+PROG = "serving_client"
+
+
 def main(argv):
   from absl import flags  # pylint: disable=import-outside-toplevel
   fv = flags.FLAGS
+  session = cli.Session(PROG)
   if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    return 2
+    return session.error(f"unexpected arguments {argv[1:]} (every option is a --flag)", code=2)
   if not fv.server or not fv.model_name:
-    print("error: --server and --model_name are required", file=sys.stderr)
-    return 2
-  problem = inference.check_cli_flags(fv)
+    return session.error("--server and --model_name are required", code=2)
+  problem = cli.check_flags(fv)
   if problem:
-    print(f"error: {problem}", file=sys.stderr)
-    return 2
-  try:
-    separator = ServingSeparator(fv.server, fv.model_name, fv.signature_name, fv.model_version or None,
-                                 fv.timeout)
-  except grpc.RpcError as e:
-    print(f"error: {fv.server} model '{fv.model_name}': {e.code().name}: {e.details()}", file=sys.stderr)
-    return 2
-  return inference.run_cli(separator, fv, extra_errors=(grpc.RpcError,))
+    return session.error(problem, code=2)
+
+  def work():  # in a worker thread (cli.Session.run): a gRPC call can take up to --timeout
+    try:
+      separator = ServingSeparator(fv.server, fv.model_name, fv.signature_name, fv.model_version or None,
+                                   fv.timeout)
+    except grpc.RpcError as e:
+      return session.error(f"{fv.server} model '{fv.model_name}': {e.code().name}: {e.details()}", code=2)
+    return session.separate_files(separator, fv, errors=(grpc.RpcError,))
+
+  return session.run(work)
 
 
 def define_flags():
@@ -111,13 +115,13 @@ def define_flags():
   flags.DEFINE_string("signature_name", "serving_default", "serving_default (batched) or separate_chunk.")
   flags.DEFINE_integer("model_version", 0, "A specific version (0: the latest served).")
   flags.DEFINE_float("timeout", 120.0, "Seconds per Predict call.")
-  inference.define_cli_flags(flags.FLAGS)
+  cli.define_flags(flags.FLAGS)
 
 
 def run():
   from absl import app  # pylint: disable=import-outside-toplevel
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(PROG))
 
 
 if __name__ == "__main__":

@@ -244,17 +244,16 @@ class SavedModelSeparator(Separator):
 # ---------------------------------------------------------------------------------------------------- CLI
 def load_for_export(model_dir: str, overrides=(), xla: bool = False) -> Separator:
   """The separator of a model directory, the Langevin one (--job=priors) built with jit_compile=xla."""
-  from vsep_tf.separators import load_separator  # pylint: disable=import-outside-toplevel
-  from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
-  fv = config_lib.load_config(model_dir, list(overrides))
-  if fv.job == "priors" and fv.priors_search == "periodic":
+  from vsep_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
+  kind = model_dir_lib.separator_kind(model_dir_lib.load_config(model_dir, list(overrides)))
+  if kind == "periodic":
     raise ValueError(f"{model_dir} separates by the periodic-component search, which runs in numpy on the host "
                      "and has no TensorFlow graph to export; export its priors as a Langevin separator "
                      "(--model_override=--priors_search=langevin) or an encoder directory")
-  if fv.job == "priors":
-    from vsep_tf.separators.langevin import LangevinSeparator  # pylint: disable=import-outside-toplevel
-    return LangevinSeparator.from_model_dir(model_dir, fv, jit_compile=bool(xla))
-  return load_separator(model_dir, list(overrides))
+  separator = model_dir_lib.load_separator(model_dir, list(overrides))
+  if kind == "langevin":
+    separator.use_xla(bool(xla))
+  return separator
 
 
 def main(argv):

@@ -36,6 +36,15 @@ class Separator:
     """mix [batch, time] float32 -> [batch, N, time] float32."""
     raise NotImplementedError
 
+  def separate_channels(self, mix) -> np.ndarray:
+    """mix [batch, channels, time] -> [batch, channels, N, time]: every channel on its own here; mask
+    separators override it to use what the channels share (one set of masks from the mid channel)."""
+    mix = np.asarray(mix, np.float32)
+    if mix.ndim != 3:
+      raise ValueError(f"separate_channels takes [batch, channels, time], got shape {mix.shape}")
+    b, c, t = mix.shape
+    return np.asarray(self.separate(mix.reshape(b * c, t))).reshape(b, c, self.num_sources, t)
+
   def separate_long(self, mix, chunk_length: Optional[int] = None, overlap: Optional[int] = None,
                     batch_size: int = 4, progress=None) -> np.ndarray:
     """Chunked overlap-add separation of one long signal. mix [time] (numpy/TF) -> numpy [N, time].
@@ -81,10 +90,10 @@ class Separator:
     """separate_long for a (multichannel) signal that arrives in blocks; a generator of finished estimates.
 
     blocks: iterable of float arrays [n_i, C] (or [n_i] for one channel), sum n_i = total (more is ignored).
-      Every channel is separated on its own.
+      The channels of a chunk go to `separate_channels` together.
     Yields float32 [N, m_j, C] (or [N, m_j]) in order, sum m_j = total, as soon as no later chunk can change
-    them. Channel c of the concatenated yields equals separate_long(mix[:, c], chunk_length, overlap): the
-    same chunks, cross-fade weights and normalisation. Memory: about (chunk + batch_size * hop) samples of
+    them. Where channels are separated on their own, channel c of the concatenated yields equals
+    separate_long(mix[:, c], chunk_length, overlap): the same chunks, cross-fade weights and normalisation. Memory: about (chunk + batch_size * hop) samples of
     input and of the two running sums, whatever `total`: what long files need (vsep_tf.inference streams
     files through it). `batch_size` counts rows passed to `separate` (chunks x channels).
     """
@@ -116,7 +125,7 @@ class Separator:
     if total <= chunk:
       need(total)
       x = state["buf"][:total]
-      est = np.asarray(self.separate(np.ascontiguousarray(x.T)))  # [C, N, total]
+      est = self.separate_channels(np.ascontiguousarray(x.T)[None])[0]  # [C, N, total]
       if progress is not None:
         progress(1, 1)
       yield shaped(np.transpose(est, [1, 2, 0]).astype(np.float32))
@@ -144,8 +153,7 @@ class Separator:
       for j, s in enumerate(group):
         piece = state["buf"][s - state["start"]:min(s + chunk, total) - state["start"]]
         frames[j, :, :piece.shape[0]] = piece.T
-      est = np.asarray(self.separate(frames.reshape(-1, chunk)))  # [b * C, N, chunk]
-      est = est.reshape(len(group), channels, self.num_sources, chunk)
+      est = self.separate_channels(frames)  # [b, C, N, chunk]
       for j, s in enumerate(group):
         n = min(chunk, total - s)
         a = s - acc_start

@@ -18,7 +18,6 @@ Two ways to train the same network (vsep_tf.training.separator_trainer):
 from __future__ import annotations
 
 import math
-import os
 
 import keras
 import tensorflow as tf
@@ -168,20 +167,6 @@ class EncoderSeparator(Separator):
     # Cross-fade over at least the receptive field so that chunk edges (zero-padded context) fade out.
     self.chunk_overlap = min(self.chunk_length // 2, max(2 ** 12, encoder.receptive_field))
     self._fn = tf.function(lambda m: self.encoder(m)[0], reduce_retracing=True)
-
-  @classmethod
-  def from_model_dir(cls, model_dir: str, fv=None):
-    from vsep_tf.training import builders  # pylint: disable=import-outside-toplevel
-    from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
-    fv = fv or config_lib.load_config(model_dir)
-    data = builders.dataset_from_config(fv)
-    encoder = build_encoder(data.num_sources, data.mix, **config_lib.factory_kwargs(fv, "encoder"))
-    ckpt = tf.train.Checkpoint(encoder=encoder)
-    path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    if path is None:
-      raise FileNotFoundError(f"no checkpoint in {model_dir}/checkpoints")
-    ckpt.restore(path).expect_partial().assert_existing_objects_matched()
-    return cls(encoder, data.source_names, data.sample_rate, method=fv.job)
 
   def separate(self, mix) -> tf.Tensor:
     mix = tf.convert_to_tensor(mix, tf.float32)

@@ -54,20 +54,11 @@ class LangevinSeparator(Separator):
     self.seed = int(seed)
     self.chunk_length = int(chunk_length)
     self.chunk_overlap = self.chunk_length // 8
-    self._fn = tf.function(self._run, jit_compile=bool(jit_compile), reduce_retracing=True)
+    self.use_xla(jit_compile)
 
-  @classmethod
-  def from_model_dir(cls, model_dir: str, fv=None, **kwargs):
-    """The priors of a --job=priors model directory, with the Langevin flags saved in it (or overridden)."""
-    from vsep_tf.training import builders  # pylint: disable=import-outside-toplevel
-    priors, saved_fv = builders.restore_priors(model_dir)
-    fv = fv or saved_fv  # the caller's config carries any overrides (load_separator(model_dir, overrides))
-    data = builders.dataset_from_config(fv)
-    options = dict(sigma_max=fv.langevin_sigma_max, sigma_min=fv.langevin_sigma_min,
-                   num_levels=fv.langevin_levels, steps_per_level=fv.langevin_steps_per_level,
-                   step_scale=fv.langevin_step_scale, mix_weight=fv.langevin_mix_weight, seed=fv.seed)
-    options.update(kwargs)
-    return cls(priors, data.sample_rate, data.mix, **options)
+  def use_xla(self, jit_compile: bool):
+    """Compile the Langevin loop with XLA (the default) or not (exports: the converters need plain ops)."""
+    self._fn = tf.function(self._run, jit_compile=bool(jit_compile), reduce_retracing=True)
 
   # ------------------------------------------------------------------------------------------------ core
   def scores(self, x, sigma):

@@ -42,7 +42,8 @@ import tensorflow as tf
 from vsep_tf import signal as signal_lib
 from vsep_tf.data import mixing
 from vsep_tf.separators.base import Separator
-from vsep_tf.separators.oracle import to_sum_mix
+from vsep_tf.data.solo import solo_frames
+from vsep_tf.separators.masks import to_sum_mix
 
 NMF_FILENAME = "nmf.npz"
 EPS = 1e-10
@@ -50,7 +51,6 @@ EPS = 1e-10
 # denormal numbers, whose arithmetic is 10-100x slower on x86. Entries are floored here (far above the
 # denormal range, far below any value that matters).
 FLOOR = 1e-15
-SILENCE_DB = 60.0  # training frames this far below the loudest frame of their class are left out
 
 
 def nmf_hyperparameters(num_atoms: int = 64, n_fft: int = 1024, hop: int = 256, train_iterations: int = 200,
@@ -146,27 +146,6 @@ def kl_nmf(v, num_atoms: Optional[int] = None, iterations: int = 200, w=None, se
     h = _update_h(v, w, h, tf.constant(int(iterations), tf.int32))
   h = h.numpy()
   return w.astype(np.float32), h, kl_divergence(v, w @ h)
-
-
-def magnitude_spectrogram(x, n_fft: int, hop: int) -> np.ndarray:
-  """|STFT(x)| of vsep_tf.signal: [..., T] -> float32 [..., bins, frames] (bins first, as NMF wants)."""
-  spec = signal_lib.stft(tf.convert_to_tensor(x, tf.float32), n_fft, hop)
-  return np.swapaxes(np.abs(spec.numpy()), -1, -2)
-
-
-def drop_silent_frames(v, silence_db: float = SILENCE_DB) -> np.ndarray:
-  """Keeps the frames (columns) of v [bins, frames] whose energy is within silence_db of the loudest."""
-  energy = np.sum(np.square(v, dtype=np.float64), axis=0)
-  if energy.size == 0 or energy.max() <= 0:
-    return v[:, :0]
-  return v[:, energy > energy.max() * 10.0 ** (-silence_db / 10.0)]
-
-
-def solo_frames(signals, n_fft: int, hop: int) -> np.ndarray:
-  """The non-silent magnitude STFT frames of solo signals, concatenated: float32 [bins, frames] (signals
-  shorter than half a window are skipped)."""
-  specs = [drop_silent_frames(magnitude_spectrogram(x, n_fft, hop)) for x in signals if len(x) >= n_fft // 2]
-  return np.concatenate(specs, axis=1) if specs else np.zeros([n_fft // 2 + 1, 0], np.float32)
 
 
 def learn_dictionaries(solo: Dict[str, Sequence[np.ndarray]], num_atoms: int = 64, n_fft: int = 1024,
@@ -290,94 +269,6 @@ class NMFSeparator(Separator):
                  n_fft=int(z["n_fft"]), hop=int(z["hop"]), iterations=int(z["iterations"]),
                  power=float(z["power"]), seed=int(z["seed"]))
 
-  @classmethod
-  def from_model_dir(cls, model_dir: str, fv=None) -> "NMFSeparator":
-    """The separator saved in `model_dir`/nmf.npz (fv, the model's config, is not needed: the file is
-    self-contained)."""
-    del fv
-    return cls.load(os.path.join(model_dir, NMF_FILENAME))
-
   def describe(self) -> dict:
     return {**super().describe(), "n_fft": self.n_fft, "hop": self.hop, "num_atoms": self.num_atoms,
             "iterations": self.iterations, "power": self.power}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The trainer (--job=nmf)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def hyperparameters_from_flags(fv) -> Dict:
-  """nmf_hyperparameters() with any 'nmf.<name>' flags that exist in fv applied."""
-  kwargs = {}
-  for name in nmf_hyperparameters():
-    key = f"nmf.{name}"
-    if key in fv:
-      kwargs[name] = fv[key].value
-  return nmf_hyperparameters(**kwargs)
-
-
-def solo_audio(dataset, split: str, max_seconds: float) -> Dict[str, list]:
-  """{class: [stem [T], ...]}: each class's solo audio from the split's tracks, read in order until every
-  class has `max_seconds` (the mixtures are not used)."""
-  limit = int(max_seconds * dataset.sample_rate)
-  out = {name: [] for name in dataset.source_names}
-  have = 0
-  for _, _, sources in dataset.tracks(split):
-    sources = np.asarray(sources, np.float32)
-    if sources.ndim == 3:  # [N, T, C]: mono for the dictionaries
-      sources = sources.mean(axis=-1)
-    for k, name in enumerate(dataset.source_names):
-      out[name].append(sources[k])
-    have += sources.shape[-1]
-    if have >= limit:
-      break
-  if not have:
-    raise ValueError(f"{dataset!r} has no {split!r} tracks to learn NMF dictionaries from")
-  return out
-
-
-class NMFTrainer:
-  """Learns the per-class dictionaries of --dataset's train split and saves them to <model_dir>/nmf.npz.
-
-  NMFTrainer(fv, strategy).train() -> metrics. `strategy` is accepted for the trainer interface and unused
-  (numpy on the host). Keyword overrides replace nmf_hyperparameters() values (tests, experiments).
-  """
-
-  def __init__(self, fv, strategy=None, **overrides):
-    del strategy
-    from vsep_tf.training import builders  # pylint: disable=import-outside-toplevel
-    self.fv = fv
-    self.model_dir = fv.model_dir
-    if not self.model_dir:
-      raise ValueError("--model_dir is required")
-    self.params = hyperparameters_from_flags(fv)
-    unknown = set(overrides) - set(self.params)
-    if unknown:
-      raise ValueError(f"unknown NMF settings {sorted(unknown)}; known: {sorted(self.params)}")
-    self.params.update(overrides)
-    self.params = nmf_hyperparameters(**self.params)
-    self.data = builders.dataset_from_config(fv)
-    self.source_names = tuple(self.data.source_names)
-
-  def train(self) -> Dict[str, float]:
-    from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
-    p = self.params
-    t0 = time.perf_counter()
-    solo = solo_audio(self.data, "train", p["max_train_seconds"])
-    t_read = time.perf_counter() - t0
-    dictionaries, info = learn_dictionaries(solo, num_atoms=p["num_atoms"],
-                                            n_fft=p["n_fft"], hop=p["hop"], iterations=p["train_iterations"],
-                                            max_frames=p["max_train_frames"], seed=self.fv.seed)
-    separator = NMFSeparator(dictionaries, self.source_names, self.data.sample_rate, self.data.mix,
-                             n_fft=p["n_fft"], hop=p["hop"], iterations=p["separate_iterations"],
-                             power=p["mask_power"], seed=self.fv.seed)
-    metrics = {f"kl/{name}": v["kl"] for name, v in info.items()}
-    metrics.update({f"frames/{name}": v["frames"] for name, v in info.items()})
-    metrics["read_seconds"] = t_read
-    metrics["seconds"] = time.perf_counter() - t0
-    config_lib.save_config(self.fv, self.model_dir)
-    separator.save(os.path.join(self.model_dir, NMF_FILENAME), extra={**metrics, **p})
-    logging.info("NMF dictionaries for %s saved to %s (%.1f s)", list(self.source_names),
-                 os.path.join(self.model_dir, NMF_FILENAME), metrics["seconds"])
-    return metrics

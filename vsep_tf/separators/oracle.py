@@ -24,28 +24,7 @@ import tensorflow as tf
 from vsep_tf import signal as signal_lib
 from vsep_tf.data import mixing
 from vsep_tf.separators.base import Separator
-
-EPS = 1e-10
-
-
-def to_sum_mix(mix, mix_name: str, num_sources: int):
-  """The mixture as a plain sum of the sources: a 'mean' mix times N, a 'sum' mix unchanged."""
-  mixing.check_mix(mix_name)
-  return mix * float(num_sources) if mix_name == "mean" else mix
-
-
-def ratio_masks(source_specs, power: float = 2.0):
-  """M_k = |S_k|^p / sum_j |S_j|^p: complex or magnitude [..., N, frames, bins] -> float32, same shape.
-
-  Bins where every source is 0 get 1 / N (no information: split evenly).
-  """
-  mags = tf.abs(tf.convert_to_tensor(source_specs))
-  mags = tf.cast(mags, tf.float32)
-  p = tf.pow(mags, float(power))
-  total = tf.reduce_sum(p, axis=-3, keepdims=True)
-  n = tf.cast(tf.shape(p)[-3], tf.float32)
-  return tf.where(total > EPS, p / tf.maximum(total, EPS), tf.ones_like(p) / n)
-
+from vsep_tf.separators.masks import masks_to_sources, ratio_masks, to_sum_mix
 
 def ideal_ratio_mask(mix, sources, mix_name: str, n_fft: int = 4096, hop: int = 0, power: float = 2.0):
   """IRM estimates from the true sources. mix [..., T], sources [..., N, T] -> float32 [..., N, T]."""
@@ -60,12 +39,6 @@ def ideal_ratio_mask(mix, sources, mix_name: str, n_fft: int = 4096, hop: int = 
   masks = ratio_masks(spec_sources, power)
   est = masks_to_sources(masks, spec_mix, n_fft, hop, length)
   return est
-
-
-def masks_to_sources(masks, spec_mix, n_fft: int, hop: int, length):
-  """ISTFT(M_k * X): masks float [..., N, frames, bins], spec_mix complex [..., frames, bins] -> [..., N, T]."""
-  masked = tf.cast(masks, tf.complex64) * tf.convert_to_tensor(spec_mix, tf.complex64)[..., None, :, :]
-  return signal_lib.istft(masked, n_fft, hop, length=length)
 
 
 class OracleIRM(Separator):

@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from vsep_tf.data import mixing
 from vsep_tf.separators.base import Separator
-from vsep_tf.separators.oracle import to_sum_mix
+from vsep_tf.separators.masks import to_sum_mix
 
 # Refinement spans, in units of 1 / duration (the spectral resolution), coarse to fine, with the bins per
 # period used at each (then capped by bins_per_period x samples per period).
@@ -219,17 +219,6 @@ class PeriodicSeparator(Separator):
     p = self.decompose.params
     self.energy_sigmas = np.geomspace(p["energy_sigma_min"], p["energy_sigma_max"], p["energy_levels"])
     self.last_frequencies: Optional[np.ndarray] = None  # per item of the last call, in source order [B, N]
-
-  @classmethod
-  def from_model_dir(cls, model_dir: str, fv=None, **kwargs):
-    """The priors of a --job=priors model directory, with the 'periodic.*' flags saved in it (or overridden)."""
-    from vsep_tf.training import builders, config as config_lib  # pylint: disable=import-outside-toplevel
-    priors, saved_fv = builders.restore_priors(model_dir)
-    fv = fv or saved_fv
-    data = builders.dataset_from_config(fv)
-    params = config_lib.factory_kwargs(fv, "periodic")
-    params.update(kwargs)
-    return cls({name: priors[name] for name in data.source_names}, data.sample_rate, data.mix, **params)
 
   def energies(self, candidates) -> np.ndarray:
     """Every prior's energy of every candidate source: candidates [M, time] -> [N priors, M] (lower = more

@@ -34,35 +34,40 @@ Frames are independent: long inputs are cut into chunks (`chunk_length`) with no
 """
 from __future__ import annotations
 
-import os
 from typing import Dict
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from vsep_tf import signal as signal_lib
 from vsep_tf.data import mixing
 from vsep_tf.priors.spectral import normalised_log_spectrum
 from vsep_tf.separators.base import Separator
-from vsep_tf.separators.oracle import masks_to_sources, ratio_masks, to_sum_mix
+from vsep_tf.separators.masks import masks_to_sources, ratio_masks, to_sum_mix
 
 INITS = ("encoder", "zero")
+STEREO = ("mid", "independent")
 EPS = 1e-8
 
 
 def spectral_search_hyperparameters(iterations: int = 300, learning_rate: float = 0.05, prior_weight: float = 1.0,
-                                    mask_power: float = 2.0, init: str = "encoder") -> Dict:
+                                    mask_power: float = 2.0, init: str = "encoder", stereo: str = "mid") -> Dict:
   """The MAP fit's settings (flags --spectral_search.<name>; the module docstring).
 
   iterations / learning_rate: Adam steps on (z, a) per mix. prior_weight: weight of the latent prior
-  (1: the posterior mode of the trained model). mask_power: p of the Wiener masks. init: 'encoder' or 'zero'."""
+  (1: the posterior mode of the trained model). mask_power: p of the Wiener masks. init: 'encoder' or 'zero'.
+  stereo: 'mid' (one fit on the channels' mean, its masks applied to every channel) or 'independent' (every
+  channel fitted and masked on its own)."""
   if init not in INITS:
     raise ValueError(f"init={init!r}; choose from {INITS}")
+  if stereo not in STEREO:
+    raise ValueError(f"stereo={stereo!r}; choose from {STEREO}")
   if iterations < 0 or learning_rate <= 0 or prior_weight < 0 or mask_power <= 0:
     raise ValueError("iterations >= 0, learning_rate > 0, prior_weight >= 0 and mask_power > 0 required, got "
                      f"{iterations}, {learning_rate}, {prior_weight}, {mask_power}")
   return dict(iterations=int(iterations), learning_rate=float(learning_rate), prior_weight=float(prior_weight),
-              mask_power=float(mask_power), init=str(init))
+              mask_power=float(mask_power), init=str(init), stereo=str(stereo))
 
 
 def mixture_objective(priors, x, z, a, concentration: float):
@@ -105,6 +110,12 @@ class SpectralEncoder(keras.Model):
     mu, logvar, share = tf.split(h, [self.latent_dim, self.latent_dim, 1], axis=-1)
     return mu, tf.clip_by_value(logvar, -10.0, 4.0), tf.nn.log_softmax(share[..., 0], axis=1)
 
+  @classmethod
+  def for_priors(cls, priors: dict, **kwargs) -> "SpectralEncoder":
+    """The encoder sized for these priors (number, bins, latent size); kwargs: build_spectral_encoder's."""
+    first = next(iter(priors.values()))
+    return cls(len(priors), first.bins, first.latent_dim, **build_spectral_encoder(**kwargs))
+
   def get_config(self):
     config = super().get_config()
     config.update(num_sources=self.num_sources, bins=self.bins, latent_dim=self.latent_dim,
@@ -124,7 +135,7 @@ class SpectralPriorSeparator(Separator):
   method = "spectral"
 
   def __init__(self, priors: dict, sample_rate: int, mix: str, iterations: int = 300, learning_rate: float = 0.05,
-               prior_weight: float = 1.0, mask_power: float = 2.0, init: str = "encoder",
+               prior_weight: float = 1.0, mask_power: float = 2.0, init: str = "encoder", stereo: str = "mid",
                chunk_length: int = 2 ** 18, encoder: "SpectralEncoder" = None):
     self.priors = dict(priors)
     if not self.priors:
@@ -132,7 +143,8 @@ class SpectralPriorSeparator(Separator):
     self.source_names = tuple(self.priors)
     self.sample_rate = int(sample_rate)
     self.mix = mixing.check_mix(mix)
-    self.settings = spectral_search_hyperparameters(iterations, learning_rate, prior_weight, mask_power, init)
+    self.settings = spectral_search_hyperparameters(iterations, learning_rate, prior_weight, mask_power, init,
+                                                    stereo)
     first = next(iter(self.priors.values()))
     for name, prior in self.priors.items():
       if (prior.n_fft, prior.hop, prior.concentration) != (first.n_fft, first.hop, first.concentration):
@@ -144,31 +156,7 @@ class SpectralPriorSeparator(Separator):
     self.chunk_length = int(chunk_length)
     self.chunk_overlap = self.chunk_length // 16
     self._fn = tf.function(self._separate, reduce_retracing=True)
-
-  @classmethod
-  def from_model_dir(cls, model_dir: str, fv=None, **kwargs):
-    """The priors of a --job=spectral model directory with its --spectral_search.* settings (or overrides); a
-    --job=spectral_encoder directory adds its amortised encoder to the priors of its --prior_dir."""
-    from vsep_tf.training import builders  # pylint: disable=import-outside-toplevel
-    from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
-    fv = fv or config_lib.load_config(model_dir)
-    options = config_lib.factory_kwargs(fv, "spectral_search")
-    options.update(kwargs)
-    data = builders.dataset_from_config(fv)
-    if fv.job == "spectral_encoder":
-      prior_dir = fv.prior_dir
-      if prior_dir and not os.path.isabs(prior_dir) and os.path.isdir(os.path.join(model_dir, prior_dir)):
-        prior_dir = os.path.join(model_dir, prior_dir)  # shipped layout: relative to the model directory
-      priors = restore_spectral_priors(prior_dir, config_lib.load_config(prior_dir))
-      encoder = build_encoder_for(priors, fv)
-      path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-      if path is None:
-        raise FileNotFoundError(f"no checkpoint in {model_dir}/checkpoints")
-      tf.train.Checkpoint(encoder=encoder).restore(path).expect_partial().assert_existing_objects_matched()
-      options["encoder"] = encoder
-    else:
-      priors = restore_spectral_priors(model_dir, fv)
-    return cls(priors, data.sample_rate, data.mix, **options)
+    self._channels_fn = tf.function(self._separate_channels, reduce_retracing=True)
 
   # ------------------------------------------------------------------------------------------------ core
   def source_models(self, magnitude):
@@ -218,6 +206,24 @@ class SpectralPriorSeparator(Separator):
     masks = ratio_masks(self.source_models(tf.abs(spec)), self.settings["mask_power"])
     return masks_to_sources(masks, spec, self.n_fft, self.hop, length)
 
+  def _separate_channels(self, mix):
+    """mix [B, C, T] -> [B, C, N, T]: the fit on the mid channel (the channels' mean, what the priors and the
+    encoder were trained on), its masks applied to every channel's STFT (each channel's estimates add up to
+    that channel)."""
+    length = tf.shape(mix)[-1]
+    spec = signal_lib.stft(to_sum_mix(mix, self.mix, self.num_sources), self.n_fft, self.hop)  # [B, C, F, bins]
+    masks = ratio_masks(self.source_models(tf.abs(tf.reduce_mean(spec, axis=1))), self.settings["mask_power"])
+    return masks_to_sources(masks[:, None], spec, self.n_fft, self.hop, length)
+
+  def separate_channels(self, mix):
+    """mix [batch, channels, time] -> [batch, channels, N, time] (stereo setting 'mid' or 'independent')."""
+    mix = np.asarray(mix, np.float32)
+    if mix.ndim != 3:
+      raise ValueError(f"separate_channels takes [batch, channels, time], got shape {mix.shape}")
+    if mix.shape[1] == 1 or self.settings["stereo"] == "independent":
+      return super().separate_channels(mix)
+    return self._channels_fn(tf.convert_to_tensor(mix)).numpy()
+
   def separate(self, mix) -> tf.Tensor:
     """mix [batch, time] -> [batch, N, time] float32."""
     mix = tf.convert_to_tensor(mix, tf.float32)
@@ -229,26 +235,3 @@ class SpectralPriorSeparator(Separator):
   def describe(self) -> dict:
     return {**super().describe(), "n_fft": self.n_fft, "hop": self.hop, "concentration": self.concentration,
             "amortised_encoder": self.encoder is not None, **self.settings}
-
-
-def build_encoder_for(priors: dict, fv) -> SpectralEncoder:
-  """The amortised encoder for these priors with the --spectral_encoder.* settings of `fv`."""
-  from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
-  first = next(iter(priors.values()))
-  return SpectralEncoder(len(priors), first.bins, first.latent_dim,
-                         **build_spectral_encoder(**config_lib.factory_kwargs(fv, "spectral_encoder")))
-
-
-def restore_spectral_priors(model_dir: str, fv) -> dict:
-  """{source name: SpectralPrior} of a --job=spectral model directory (its config and latest checkpoint)."""
-  from vsep_tf.training import builders  # pylint: disable=import-outside-toplevel
-  from vsep_tf.training import config as config_lib  # pylint: disable=import-outside-toplevel
-  from vsep_tf.priors.spectral import build_spectral_prior  # pylint: disable=import-outside-toplevel
-  priors = {name: build_spectral_prior(**config_lib.factory_kwargs(fv, "spectral"))
-            for name in builders.dataset_source_names(fv)}
-  path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-  if path is None:
-    raise FileNotFoundError(f"no checkpoint in {model_dir}/checkpoints (train it: python -m vsep_tf.train "
-                            "--job=spectral ...)")
-  tf.train.Checkpoint(priors=priors).restore(path).expect_partial().assert_existing_objects_matched()
-  return priors

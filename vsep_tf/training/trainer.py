@@ -17,9 +17,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from vsep_tf import model_dir as model_dir_lib
+from vsep_tf import registry
 from vsep_tf.priors import base as prior_base
-from vsep_tf.training import builders
-from vsep_tf.training import config as config_lib
 from vsep_tf.training import strategy as strategy_lib
 
 
@@ -65,19 +65,19 @@ class Trainer:
   first tf.function step.
   """
 
-  def __init__(self, fv, strategy=None):
-    self.fv = fv
+  def __init__(self, cfg, strategy=None):
+    self.cfg = cfg
     self.strategy = strategy or tf.distribute.get_strategy()
-    self.model_dir = fv.model_dir
+    self.model_dir = cfg.model_dir
     if not self.model_dir:
       raise ValueError("--model_dir is required")
     self.write_dir = strategy_lib.worker_dir(self.model_dir, self.strategy)
     self.is_chief = strategy_lib.is_chief(self.strategy)
-    keras.utils.set_random_seed(fv.seed)
+    keras.utils.set_random_seed(cfg.seed)
 
-    self.data = builders.dataset_from_config(fv)
+    self.data = registry.dataset_from_config(cfg)
     self.source_names = tuple(self.data.source_names)
-    self.global_batch = fv.batch_size
+    self.global_batch = cfg.batch_size
     self.loop_times = []  # (steps, seconds) of every tf.function loop call: throughput without checkpoint I/O
     replicas = self.strategy.num_replicas_in_sync
     if self.global_batch % replicas:
@@ -86,11 +86,11 @@ class Trainer:
     with self.strategy.scope():
       trackables = self.build_models()
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-      self.optimizer = keras.optimizers.Adam(WarmupSchedule(fv.learning_rate, fv.warmup_steps))
+      self.optimizer = keras.optimizers.Adam(WarmupSchedule(cfg.learning_rate, cfg.warmup_steps))
       self.optimizer.build(self.variables)
       self.checkpoint = tf.train.Checkpoint(optimizer=self.optimizer, step=self.step, **trackables)
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(self.write_dir, "checkpoints"), max_to_keep=fv.max_checkpoints)
+        self.checkpoint, os.path.join(self.write_dir, "checkpoints"), max_to_keep=cfg.max_checkpoints)
     self.dataset = self.make_dataset()
     self._loop_fn = None
 
@@ -110,7 +110,7 @@ class Trainer:
 
   @property
   def samples_per_step(self) -> int:
-    return self.global_batch * self.fv.crop_length
+    return self.global_batch * self.cfg.crop_length
 
   def on_first_batch(self, batch):
     del batch
@@ -124,17 +124,25 @@ class Trainer:
   def write_data_audio(self, writer, batch):
     del writer, batch
 
+  def write_manifest(self):
+    """<model_dir>/manifest.json: what load_separator needs (model_dir.py); subclasses add components."""
+    model_dir_lib.write_manifest(self.model_dir, self.cfg, self.source_names, self.data.sample_rate, self.data.mix,
+                                 self.manifest_components())
+
+  def manifest_components(self) -> dict:
+    return {}
+
   def apply_gradients(self, tape, total):
     """Gradients of the replica's `total` (already divided by the GLOBAL batch), summed over replicas,
     clipped by the global norm, applied once."""
-    fv = self.fv
+    cfg = self.cfg
     grads = tape.gradient(total, self.variables)
     # Clip by the norm of the GLOBAL gradient: sum over replicas first. The Keras optimizer all-reduces
     # (sums) again, so hand it the mean; the applied update is the clipped global-batch gradient.
     ctx = tf.distribute.get_replica_context()
     grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-    if fv.grad_clip_norm > 0:
-      grads, _ = tf.clip_by_global_norm(grads, fv.grad_clip_norm)
+    if cfg.grad_clip_norm > 0:
+      grads, _ = tf.clip_by_global_norm(grads, cfg.grad_clip_norm)
     scale = 1.0 / ctx.num_replicas_in_sync
     self.optimizer.apply_gradients([(g * scale, v) for g, v in zip(grads, self.variables)])
 
@@ -191,16 +199,16 @@ class Trainer:
   def train(self, num_steps=None, until_step=None):
     """Trains until --train_steps (or `num_steps` more steps, or up to step `until_step`), counting from the
     restored checkpoint's step. Returns the last loop's mean losses ({} if there was nothing left to do)."""
-    fv = self.fv
+    cfg = self.cfg
     first_batch = next(iter(self.dataset))
     self.initialize_or_restore(first_batch)
     if self.is_chief:
-      config_lib.save_config(fv, self.model_dir)
+      self.write_manifest()
     start_step = int(self.step.numpy())
     if until_step is not None:
       target = int(until_step)
     else:
-      target = fv.train_steps if num_steps is None else start_step + num_steps
+      target = cfg.train_steps if num_steps is None else start_step + num_steps
     dataset = self._debug_nan_dataset(self.dataset, start_step)
     dist_dataset = self.strategy.experimental_distribute_dataset(dataset)
     iterator = iter(dist_dataset)
@@ -213,7 +221,7 @@ class Trainer:
       self.write_data_audio(writer, first_batch)
     metrics = {}
     while step < target:
-      n = min(fv.steps_per_loop, target - step, fv.checkpoint_every - step % fv.checkpoint_every)
+      n = min(cfg.steps_per_loop, target - step, cfg.checkpoint_every - step % cfg.checkpoint_every)
       t0 = time.perf_counter()
       out, done = self._loop_fn(iterator, tf.constant(n))
       metrics = {k: float(v) for k, v in out.items()}
@@ -232,7 +240,7 @@ class Trainer:
         for k, v in {**metrics, **rates}.items():
           tf.summary.scalar(f"nll/{k}" if k in self.source_names else k, v)
         tf.summary.scalar("learning_rate", self.optimizer.learning_rate)
-      if step % fv.checkpoint_every == 0 or step >= target:
+      if step % cfg.checkpoint_every == 0 or step >= target:
         self.manager.save(checkpoint_number=step)
         if self.is_chief:
           self.on_checkpoint(writer, step)
@@ -251,7 +259,7 @@ class Trainer:
   # ------------------------------------------------------------------------------------------- debugging
   def _debug_nan_dataset(self, dataset, start_step: int):
     """--debug_nan_at_step=S (testing aid): the batch of step S (1-based) becomes NaN."""
-    nan_step = self.fv.debug_nan_at_step if "debug_nan_at_step" in self.fv else 0
+    nan_step = self.cfg.debug_nan_at_step if "debug_nan_at_step" in self.cfg else 0
     if nan_step <= start_step:
       return dataset
     index = nan_step - 1 - start_step
@@ -282,13 +290,13 @@ class PriorTrainer(Trainer):
   """Trains {source_name: Prior} on a dataset's solo crops. Build it, then call `train()`."""
 
   def build_models(self):
-    self.priors = builders.build_priors(self.fv, self.source_names)
+    self.priors = registry.build_priors(self.cfg, self.source_names)
     self.variables = [v for p in self.priors.values() for v in p.trainable_variables]
     return {"priors": self.priors}
 
   def make_dataset(self):
-    fv = self.fv
-    return self.data.solo("train", crop_length=fv.crop_length, batch_size=self.global_batch, seed=fv.seed)
+    cfg = self.cfg
+    return self.data.solo("train", crop_length=cfg.crop_length, batch_size=self.global_batch, seed=cfg.seed)
 
   @property
   def loss_keys(self):
@@ -296,16 +304,16 @@ class PriorTrainer(Trainer):
 
   @property
   def samples_per_step(self):
-    return self.global_batch * self.fv.crop_length * len(self.source_names)
+    return self.global_batch * self.cfg.crop_length * len(self.source_names)
 
   # ----------------------------------------------------------------------------------------------- steps
   def replica_step(self, batch):
-    fv = self.fv
+    cfg = self.cfg
     local_batch = tf.shape(batch[self.source_names[0]])[0]
     with tf.GradientTape() as tape:
       losses = {}
       for name in self.source_names:
-        sigma = prior_base.sample_sigma(local_batch, fv.sigma_min, fv.sigma_max, fv.p_clean)
+        sigma = prior_base.sample_sigma(local_batch, cfg.sigma_min, cfg.sigma_max, cfg.p_clean)
         per_example = self.priors[name].compute_losses(batch[name], sigma, training=True)["total_loss"]
         losses[name] = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
       total = tf.add_n(list(losses.values()))
@@ -318,17 +326,17 @@ class PriorTrainer(Trainer):
     with self.strategy.scope():
       for name, prior in self.priors.items():
         if hasattr(prior, "initialize"):
-          sigma = prior_base.sample_sigma(self.global_batch, self.fv.sigma_min, self.fv.sigma_max, self.fv.p_clean)
+          sigma = prior_base.sample_sigma(self.global_batch, self.cfg.sigma_min, self.cfg.sigma_max, self.cfg.p_clean)
           prior.initialize(batch[name], sigma)
 
   def on_end(self, writer, step):
     self._write_sample_audio(writer, step)
 
   def write_data_audio(self, writer, batch):
-    seconds = self.fv.audio_summary_seconds
+    seconds = self.cfg.audio_summary_seconds
     if seconds <= 0:
       return
-    n = min(int(seconds * self.data.sample_rate), self.fv.crop_length)
+    n = min(int(seconds * self.data.sample_rate), self.cfg.crop_length)
     with writer.as_default(step=0):
       for name in self.source_names:
         x = batch[name][:2, :n]
@@ -336,7 +344,7 @@ class PriorTrainer(Trainer):
 
   def _write_sample_audio(self, writer, step):
     """Listening check: a short noiseless sample from every prior (Fast WaveNet / flow inverse)."""
-    seconds = self.fv.audio_summary_seconds
+    seconds = self.cfg.audio_summary_seconds
     if seconds <= 0:
       return
     n = int(seconds * self.data.sample_rate)
@@ -352,13 +360,16 @@ class PriorTrainer(Trainer):
 
 def get_trainer(job: str):
   """The trainer class of a --job (imported lazily: each job pulls in only what it needs)."""
+  if job == "spectral_separator":
+    from vsep_tf.training.pipeline import SpectralSeparatorPipeline  # pylint: disable=import-outside-toplevel
+    return SpectralSeparatorPipeline
   if job == "priors":
     return PriorTrainer
   if job in ("variational", "supervised"):
     from vsep_tf.training.separator_trainer import SeparatorTrainer  # pylint: disable=import-outside-toplevel
     return SeparatorTrainer
   if job == "nmf":
-    from vsep_tf.separators.nmf import NMFTrainer  # pylint: disable=import-outside-toplevel
+    from vsep_tf.training.nmf_trainer import NMFTrainer  # pylint: disable=import-outside-toplevel
     return NMFTrainer
   if job == "spectral":
     from vsep_tf.training.spectral_trainer import SpectralPriorTrainer  # pylint: disable=import-outside-toplevel
