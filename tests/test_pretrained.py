@@ -21,7 +21,7 @@ SHIPPED = sorted(d for d in os.listdir(PRETRAINED) if os.path.isdir(os.path.join
 
 def test_pretrained_is_small():
   total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(PRETRAINED) for f in files)
-  assert 0 < total <= 30 * 2 ** 20, total
+  assert 0 < total <= 40 * 2 ** 20, total  # the budget for every shipped model together
   for name in SHIPPED:  # a manifest and a training log ship with every model
     assert os.path.exists(os.path.join(PRETRAINED, name, MANIFEST_FILENAME))
     assert os.path.exists(os.path.join(PRETRAINED, name, "train.log"))
