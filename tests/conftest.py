@@ -14,16 +14,16 @@ strategy_lib.configure_cpu_devices(2)
 
 REPO = Path(__file__).resolve().parents[1]
 CHORALES = REPO.parent / "shared" / "data" / "chorales"
+BAND = REPO.parent / "shared" / "data" / "band"
 
 
 def require_chorales(path=CHORALES) -> Path:
-  """`path` (../shared/data/chorales or a folder in it) if present. Missing: the calling test FAILS under CI
-  (the env var CI is set: CI has ../shared beside the clone, so a missing folder is a broken set-up, not a reason
-  to pass quietly) and is skipped elsewhere, with the reason."""
+  """`path` (../shared/data/chorales, ../shared/data/band or a folder in them) if present. Missing: the calling
+  test FAILS under CI (the env var CI is set: CI has ../shared beside the clone, so a missing folder is a broken
+  set-up, not a reason to pass quietly) and is skipped elsewhere, with the reason."""
   path = Path(path)
   if not path.exists():
-    message = (f"{path} is missing: the chorale tests need ../shared/data/chorales beside the repository "
-               "(a copy of shared/)")
+    message = (f"{path} is missing: this test needs ../shared/data beside the repository (a copy of shared/)")
     if os.environ.get("CI"):
       pytest.fail(f"CI is set but {message}", pytrace=False)
     pytest.skip(message)

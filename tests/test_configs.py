@@ -101,14 +101,48 @@ def test_supervised_on_a_stem_folder_without_valid_split_checkpoints(tmp_path):
   assert fv.job == "supervised" and "no 'valid' split" in proc.stderr
 
 
-def test_train_musdb_config_on_a_tiny_musdb_folder(tmp_path):
+def _wav_copy_of_band(root, tracks_per_split=(("train", 2), ("test", 1)), seconds=3.0):
+  """A MUSDB18-HQ WAV copy of the first tracks of ../shared/data/band, cut to `seconds` (the musdb package reads
+  only WAV or STEMS): stereo 44.1 kHz, mixture = the sum of the cut stems."""
+  from conftest import BAND, require_chorales  # pylint: disable=import-outside-toplevel
+  band = require_chorales(BAND)
+  for split, count in tracks_per_split:
+    for name in sorted(os.listdir(band / split))[:count]:
+      out = root / split / name
+      out.mkdir(parents=True)
+      for stem in ("mixture", "vocals", "drums", "bass", "other"):
+        x, rate = audio.read_audio(str(band / split / name / f"{stem}.flac"), mono=False)
+        audio.write_audio(str(out / f"{stem}.wav"), x[:int(seconds * rate)], rate, subtype="FLOAT")
+  return root
+
+
+def test_train_musdb_config_on_a_wav_copy_of_band_through_musdb(tmp_path):
+  """configs/musdb.flags end to end through the real musdb package (WAV copy of the band data), then the
+  trained separator separates 44.1 kHz stereo into four stereo stems."""
   pytest.importorskip("musdb")
-  _write_stem_tree(tmp_path / "musdb", [("train", "A - One"), ("test", "B - Two")],
-                   ("vocals", "drums", "bass", "other"), 22050)
-  proc, fv = _train(tmp_path, "--flagfile=configs/musdb.flags", f"--musdb_root={tmp_path / 'musdb'}",
-                    tiny=TINY_SPECTRAL)
-  assert fv.dataset == "musdb" and fv.sample_rate == 22050
-  assert "vocals" in proc.stdout and "drums" in proc.stdout
+  root = _wav_copy_of_band(tmp_path / "musdb")
+  proc, cfg = _train(tmp_path, "--flagfile=configs/musdb.flags", f"--musdb_root={root}", tiny=TINY_SPECTRAL)
+  assert cfg.dataset == "musdb" and cfg.job == "spectral_separator"
+  assert "separate a file with it" in proc.stdout
+  manifest = model_dir_lib.read_manifest(str(tmp_path / "model"))
+  assert manifest["sample_rate"] == 44100 and manifest["source_names"] == ["vocals", "drums", "bass", "other"]
+  sep = model_dir_lib.load_separator(str(tmp_path / "model"))
+  mix = np.random.default_rng(0).standard_normal([1, 2, 8192]).astype(np.float32) * 0.1
+  est = sep.separate_channels(mix)
+  assert est.shape == (1, 2, 4, 8192)
+  np.testing.assert_allclose(est.sum(axis=2), mix, atol=1e-4)  # masks: each channel's stems add up to it
+
+
+@pytest.mark.slow
+def test_train_band_config_on_the_band_stems(tmp_path):
+  """configs/band.flags (the stem loader on ../shared/data/band), a few steps per stage (~40 s: slow lane)."""
+  from conftest import BAND, require_chorales  # pylint: disable=import-outside-toplevel
+  require_chorales(BAND)
+  _, cfg = _train(tmp_path, "--flagfile=configs/band.flags", tiny=TINY_SPECTRAL)
+  assert cfg.dataset == "stems" and cfg.data_root.endswith("band")
+  manifest = model_dir_lib.read_manifest(str(tmp_path / "model"))
+  assert manifest["sample_rate"] == 44100 and manifest["mix"] == "sum"
+  assert sorted(manifest["source_names"]) == ["bass", "drums", "other", "vocals"]
 
 
 def test_train_rejects_missing_stem_root(tmp_path):

@@ -50,7 +50,7 @@ def frozen_chunk_function(saved_model_dir: str):
 NOT_CONVERTIBLE = {
     "spectral": "its MAP fit runs on STFT frames (complex RFFT / IRFFT slices) and differentiates GELU (Erfc) "
                 "inside the graph, ops TFLite's builtins lack; serve the SavedModel with TF-Serving, or convert "
-                "an encoder directory (e.g. pretrained/chorales/encoder)"}
+                "a waveform encoder directory (configs/research/toy_supervised.flags)"}
 
 
 def _frozen_chunk_module(saved_model_dir: str):
