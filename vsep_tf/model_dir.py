@@ -207,8 +207,7 @@ def load_separator(model_dir: str, overrides: Sequence[str] = ()) -> Separator:
   names, rate, mix = tuple(manifest["source_names"]), manifest["sample_rate"], manifest["mix"]
   kind = separator_kind(cfg)
   if kind in ("langevin", "periodic"):
-    priors = registry.build_priors(cfg, names)
-    restore(model_dir, priors=priors)
+    priors, _ = restore_priors(model_dir)
     if kind == "periodic":
       from vsep_tf.separators.periodic import PeriodicSeparator  # pylint: disable=import-outside-toplevel
       return PeriodicSeparator(priors, rate, mix, **registry.factory_kwargs(cfg, "periodic"))
