@@ -6,10 +6,15 @@
 #   -> exports/toy/<version>/            SavedModel (serving_default, separate_chunk, metadata)
 #      exports/toy_tflite/toy_{f32,dynamic,f16}.tflite (+ .json metadata)
 #
+# A spectral separator (--job=spectral or spectral_encoder, e.g. pretrained/band, pretrained/chorales): the SavedModel
+# keeps the whole separator (its MAP fit); the TFLite files are its ONE-PASS graph (the amortised encoder's forward
+# pass, --spectral_search.iterations=0; STFT / ISTFT as real matrix products), converted from MODEL_DIR, and their
+# .json metadata says so ("graph": "one_pass").
+#
 # What a model does not support is skipped with a line saying why, and the script still exits 0: a Langevin
-# separator (--job=priors) has no TFLite form (its gradient loop), and the TFLite converter refuses spectral
-# separators (outside TFLite's builtins; it exits 1 with "... does not convert to TFLite: <reason>"). Any other
-# failure (the SavedModel export, its signatures, a TFLite conversion that should work) exits non-zero.
+# separator (--job=priors) has no TFLite form (its gradient loop); a converter refusal ("... does not convert to
+# TFLite: <reason>") is reported the same way. Any other failure (the SavedModel export, its signatures, a TFLite
+# conversion that should work) exits non-zero.
 set -euo pipefail
 usage="usage: export_model.sh MODEL_DIR EXPORT_BASE NAME"
 model_dir="${1:?$usage}"
@@ -28,7 +33,11 @@ fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-python -m vsep_tf.export.tflite --saved_model_dir="$base/$name" --output_dir="$base/${name}_tflite" \
+source_args=(--saved_model_dir="$base/$name")
+if [ "$method" = "spectral" ]; then
+  source_args+=(--model_dir="$model_dir")  # the one-pass graph is built from the model directory
+fi
+python -m vsep_tf.export.tflite "${source_args[@]}" --output_dir="$base/${name}_tflite" --name="$name" \
   --quantize=none,dynamic,float16 2> "$log" || status=$?
 if [ "$status" -eq 0 ]; then
   exit 0

@@ -5,6 +5,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -79,3 +80,31 @@ def tiny_supervised_dir(tmp_path_factory):
 def tiny_priors_dir(tmp_path_factory):
   """A --job=priors model directory (configs/research/toy_wavenet.flags, 2 steps, 1 x 3-layer WaveNet priors of width 8)."""
   return train_tiny_model(tmp_path_factory.mktemp("tiny_priors"), "configs/research/toy_wavenet.flags", TINY_PRIOR_FLAGS)
+
+
+# Two tone classes (sine, square) as a stem folder: the spectral tests' (and the tuner's) small real-WAV data set.
+TONE_RATE = 8000
+TONE_PITCHES = 110.0 * 2.0 ** (np.arange(0, 24, 2) / 12)  # a whole-tone grid over two octaves
+
+
+def tone(kind: str, f: float, seconds: float, rng, rate: int = TONE_RATE) -> np.ndarray:
+  """A sine or square tone at f Hz with a random phase and amplitude in [0.1, 0.3)."""
+  t = np.arange(int(seconds * rate)) / rate
+  phase = 2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)
+  x = np.sin(phase) if kind == "sine" else np.sign(np.sin(phase))
+  return (rng.uniform(0.1, 0.3) * x).astype(np.float32)
+
+
+def two_tone_stem_folder(root: Path, num_tracks: int = 4, notes: int = 16) -> Path:
+  """root/train/<track>/{sine,square,mixture}.wav: solo sequences of 0.5 s notes of the two classes and their sum."""
+  from vsep_tf import audio  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  for i in range(num_tracks):
+    d = root / "train" / f"track{i}"
+    d.mkdir(parents=True)
+    stems = {kind: np.concatenate([tone(kind, rng.choice(TONE_PITCHES), 0.5, rng) for _ in range(notes)])
+             for kind in ("sine", "square")}
+    for kind, x in stems.items():
+      audio.write_audio(str(d / f"{kind}.wav"), x, TONE_RATE)
+    audio.write_audio(str(d / "mixture.wav"), stems["sine"] + stems["square"], TONE_RATE)
+  return root

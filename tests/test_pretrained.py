@@ -21,7 +21,9 @@ SHIPPED = sorted(d for d in os.listdir(PRETRAINED) if os.path.isdir(os.path.join
 
 def test_pretrained_is_small():
   total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(PRETRAINED) for f in files)
-  assert 0 < total <= 40 * 2 ** 20, total  # the budget for every shipped model together
+  # The budget for every shipped model together: 48 MiB (41 MiB since the WaveNet encoders: +6 MB of weights for
+  # +0.4 dB (chorales) and +2.3 dB (band) in one pass).
+  assert 0 < total <= 48 * 2 ** 20, total
   for name in SHIPPED:  # a manifest and a training log ship with every model
     assert os.path.exists(os.path.join(PRETRAINED, name, MANIFEST_FILENAME))
     assert os.path.exists(os.path.join(PRETRAINED, name, "train.log"))

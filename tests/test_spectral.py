@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from vsep_tf import audio
+from tests.conftest import TONE_PITCHES, TONE_RATE, tone, two_tone_stem_folder
 from vsep_tf import model_dir as model_dir_lib
 from vsep_tf import run_flags
 from vsep_tf.evaluation import bsseval
@@ -16,33 +16,11 @@ from vsep_tf.model_dir import load_separator
 from vsep_tf.priors.spectral import SpectralPrior, build_spectral_prior
 from vsep_tf.separators import spectral
 
-RATE = 8000
-PITCHES = 110.0 * 2.0 ** (np.arange(0, 24, 2) / 12)  # a whole-tone grid over two octaves
+RATE, PITCHES = TONE_RATE, TONE_PITCHES
 SMALL = ["--spectral.n_fft=512", "--spectral.hop=128", "--spectral.latent_dim=4", "--spectral.hidden_units=64"]
 
 
-def _tone(kind, f, seconds, rng):
-  t = np.arange(int(seconds * RATE)) / RATE
-  phase = 2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)
-  x = np.sin(phase) if kind == "sine" else np.sign(np.sin(phase))
-  return (rng.uniform(0.1, 0.3) * x).astype(np.float32)
-
-
-def _notes(kind, n, rng, seconds=0.5):
-  return np.concatenate([_tone(kind, rng.choice(PITCHES), seconds, rng) for _ in range(n)])
-
-
-def _stem_folder(root, num_tracks=4, notes=16):
-  """root/train/<track>/{sine,square,mixture}.wav: solo note sequences of two classes (and their sum)."""
-  rng = np.random.default_rng(0)
-  for i in range(num_tracks):
-    d = root / "train" / f"track{i}"
-    d.mkdir(parents=True)
-    stems = {kind: _notes(kind, notes, rng) for kind in ("sine", "square")}
-    for kind, x in stems.items():
-      audio.write_audio(str(d / f"{kind}.wav"), x, RATE)
-    audio.write_audio(str(d / "mixture.wav"), stems["sine"] + stems["square"], RATE)
-  return root
+_tone, _stem_folder = tone, two_tone_stem_folder
 
 
 def test_prior_losses_augmentation_and_config():
@@ -232,3 +210,58 @@ def test_amortised_encoder_trains_on_mixes_alone_and_separates_in_one_pass(train
                                f"--data_root={root}"])
   with pytest.raises(ValueError, match="needs --prior_dir"):
     trainer_lib.get_trainer("spectral_encoder")(bad, None)
+
+
+def test_wavenet_encoder_sees_its_receptive_field_of_frames_and_no_further():
+  enc = spectral.SpectralEncoder(3, 65, 4, **spectral.build_spectral_encoder(
+      hidden_units=16, arch="wavenet", wavenet_blocks=1, wavenet_layers=3))
+  assert enc.receptive_field_frames == 2 * (2 ** 3 - 1) + 1  # 3 taps, dilations 1, 2, 4: +-7 frames
+  x = np.random.default_rng(0).uniform(0.1, 1.0, (1, 40, 65)).astype(np.float32)
+  mu, logvar, log_share = (t.numpy() for t in enc(x))
+  assert mu.shape == logvar.shape == (1, 3, 40, 4) and log_share.shape == (1, 3, 40)
+  np.testing.assert_allclose(np.exp(log_share).sum(axis=1), 1.0, rtol=1e-5)
+
+  def reshaped(frame):  # the same mass (the level feature is relative to the crop's mean), another shape
+    y = x.copy()
+    y[0, frame] = x[0, frame].sum() / 65
+    return y
+
+  def change_at_20(y):
+    return np.abs(enc(y)[0].numpy()[0, :, 20] - mu[0, :, 20]).max()
+
+  assert change_at_20(reshaped(27)) > 1e-4   # 7 frames away: inside
+  assert change_at_20(reshaped(13)) > 1e-4
+  assert change_at_20(reshaped(28)) < 1e-6   # 8 frames away: outside
+  assert change_at_20(reshaped(12)) < 1e-6
+  with pytest.raises(ValueError, match="arch"):
+    spectral.build_spectral_encoder(arch="lstm")
+  restored = spectral.SpectralEncoder.from_config(enc.get_config())
+  assert restored.arch == "wavenet" and restored.receptive_field_frames == enc.receptive_field_frames
+
+
+@pytest.mark.slow
+def test_wavenet_encoder_trained_by_the_map_objective_separates_in_one_pass(trained, tmp_path):
+  from vsep_tf.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+  root, prior_dir, _, _, _ = trained
+  model_dir = tmp_path / "encoder"
+  cfg = run_flags.parse_flags([
+      f"--model_dir={model_dir}", "--job=spectral_encoder", f"--prior_dir={prior_dir}", "--dataset=stems",
+      f"--data_root={root}", "--valid_tracks=1", "--crop_length=8000", "--batch_size=8", "--train_steps=300",
+      "--learning_rate=3e-3", "--grad_clip_norm=0", "--steps_per_loop=50", "--checkpoint_every=300",
+      "--spectral_encoder.arch=wavenet", "--spectral_encoder.hidden_units=32", "--spectral_encoder.wavenet_layers=4",
+      "--spectral_encoder.wavenet_blocks=1", "--encoder_objective=map", "--spectral_search.prior_weight=0.3",
+      "--spectral_search.iterations=0"])
+  trainer = trainer_lib.get_trainer("spectral_encoder")(cfg, None)
+  first = trainer.train(num_steps=10)
+  last = trainer.train()
+  assert last["total_loss"] < first["total_loss"]
+  sep = load_separator(str(model_dir))
+  assert sep.encoder.arch == "wavenet" and sep.settings["iterations"] == 0
+  assert model_dir_lib.read_manifest(str(model_dir))["settings"]["encoder_objective"] == "map"
+  rng = np.random.default_rng(7)
+  pairs = [rng.choice(PITCHES, size=2, replace=False) for _ in range(4)]
+  sources = np.stack([np.stack([_tone("sine", f, 1.0, rng), _tone("square", g, 1.0, rng)]) for f, g in pairs])
+  mixes = sources.sum(axis=1)
+  est = np.asarray(sep.separate(mixes))
+  gains = np.stack([bsseval.si_sdr_scores(sources[i], est[i], mixes[i])["si_sdri"] for i in range(4)])
+  assert np.median(gains) > 5.0, gains

@@ -3,6 +3,9 @@
 
   define_flags(fv)       --input, --output_dir, --format, --subtype, ... (defined here only)
   check_flags(fv)        a usage problem of those flags, or None
+  define_compose_flags(fv), parse_extra_priors(values)
+                         --sources / --extra_priors of a model directory (priors compose: separate a mix of any
+                         subset of the classes, add a class's prior without retraining the others)
   flags_parser(prog)     for absl's app.run: a flag error is one line and exit code 2
   Session(prog).run(work)
                          runs work() -> exit code in a worker thread while the main thread waits in short joins
@@ -72,6 +75,36 @@ def check_flags(fv: flags.FlagValues) -> Optional[str]:
   if fv.batch_size < 1:
     return f"--batch_size must be >= 1, got {fv.batch_size}"
   return None
+
+
+def define_compose_flags(fv: flags.FlagValues = flags.FLAGS, sources: bool = True) -> None:
+  """--sources (unless sources=False) and --extra_priors: which priors of a model directory separate
+  (model_dir.load_separator's `sources` and `extra_priors`)."""
+  if sources:
+    flags.DEFINE_list("sources", [], "Separate with only these classes' priors, in this order (e.g. "
+                      "--sources=violin,clarinet,tenor_sax for a trio; the outputs add up to the mix). Empty: all of "
+                      "the model's classes (then the --extra_priors ones). Prior-based models only (spectral, nmf, "
+                      "langevin), not exported ones.", flag_values=fv)
+  flags.DEFINE_multi_string("extra_priors", [], "'name=DIR': add class `name` from a spectral prior model directory "
+                            "(--job=spectral, or a spectral separator's: its priors/) trained on its own (same STFT, "
+                            "latent size and rate); it starts the MAP fit from its own prior's encoder (repeatable).",
+                            flag_values=fv)
+
+
+def parse_extra_priors(values) -> dict:
+  """['name=DIR', ...] -> {name: DIR}; ValueError naming a malformed or repeated entry."""
+  out = {}
+  for value in values or ():
+    name, sep, path = str(value).partition("=")
+    name, path = name.strip(), path.strip()
+    if not sep or not name or not path:
+      raise ValueError(f"--extra_priors={value}: expected name=DIR")
+    if name in out:
+      raise ValueError(f"--extra_priors: class {name!r} given twice")
+    if not os.path.isdir(path):
+      raise ValueError(f"--extra_priors={value}: {path} is not a directory")
+    out[name] = path
+  return out
 
 
 def flags_parser(prog: str, fv: flags.FlagValues = flags.FLAGS) -> Callable:

@@ -23,6 +23,15 @@ another rate gets the mixture resampled to its rate and its estimates resampled 
 'resampled': true in the JSON). A model whose mixing function differs from the data's gets the mixture
 rescaled to its convention (sum vs mean: a factor N), so that its estimates are on the sources' scale.
 
+Priors compose: --sources=violin,clarinet,tenor_sax mixes only those stems of every track (the data's mixing
+function over them; the mixture file is not used) and scores them; a model directory then separates with those
+priors only, or with --model_sources=all (or a list) with more: the classes not in the mix ('spare') are not
+scored, but the energy of each one's estimate relative to the mix (dB) is reported ('spare' in the JSON; it
+should be low). --extra_priors=name=DIR adds a spectral prior trained on its own (model_dir.load_separator).
+
+  python -m vsep_tf.evaluate --model_dir=pretrained/chorales --dataset=stems --data_root=../shared/data/chorales \
+      --sources=violin,clarinet,tenor_sax --model_sources=all --output_json=trio_4priors.json
+
 Separation runs in this process; the museval part (1 to 3 s per 4-source track here, mostly the fixed cost of
 solving for the 512-tap distortion filters) runs in a pool of --num_workers spawned processes with one BLAS
 thread each, overlapped with the separation of the next tracks. SI-SDR is computed here.
@@ -46,6 +55,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from absl import app, flags, logging
 import numpy as np
 
+from vsep_tf import cli
 from vsep_tf import config as config_lib
 from vsep_tf import model_dir as model_dir_lib
 from vsep_tf import run_flags
@@ -84,6 +94,8 @@ class EvalOptions:
   win_seconds: float = 1.0
   hop_seconds: float = 1.0
   stereo: bool = False           # score 2 channels as 2 channels (stems, musdb): museval on [N, T, 2]
+  sources: Tuple[str, ...] = ()  # mix and score only these stems of every track (the data's mixing function
+                                 # over them; the track's mixture file is not used); (): every stem, as is
 
   def validate(self):
     if self.dataset not in DATASETS:
@@ -105,6 +117,8 @@ class EvalOptions:
       raise ValueError("--stereo: the toy data is mono")
     if self.stereo and self.eq_tilt_db_per_octave:
       raise ValueError("--eq_tilt_db_per_octave is a mono check; drop --stereo")
+    if len(set(self.sources)) != len(tuple(self.sources)):
+      raise ValueError(f"--sources={','.join(self.sources)} names a source twice")
     if self.max_seconds < 0 or self.win_seconds <= 0 or self.hop_seconds <= 0 or self.oracle_power <= 0:
       raise ValueError("--max_seconds must be >= 0; window, hop and oracle power must be positive")
     return self
@@ -157,11 +171,26 @@ def num_tracks(dataset, opts: EvalOptions) -> Optional[int]:
   return min(n, opts.limit) if opts.limit else n
 
 
+def scored_sources(dataset, opts: EvalOptions) -> List[str]:
+  """The stems mixed and scored: --sources (checked against the data's classes), else all of them."""
+  names = list(dataset.source_names)
+  if not opts.sources:
+    return names
+  unknown = [n for n in opts.sources if n not in names]
+  if unknown:
+    raise ValueError(f"--sources: unknown source(s) {unknown}; the data has {', '.join(names)}")
+  return list(opts.sources)
+
+
 def iter_tracks(dataset, opts: EvalOptions) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
   """(name, mix [T(, C)], sources [N, T(, C)]) of the split, at most opts.limit, cropped to max_seconds
-  (C = 2 with opts.stereo)."""
+  (C = 2 with opts.stereo). With opts.sources: only those stems, in that order, and their mix by the data's
+  mixing function (a sum of the chosen stems for 'sum' data, their mean for 'mean' data)."""
   from vsep_tf.data import base  # pylint: disable=import-outside-toplevel
+  from vsep_tf.data import mixing  # pylint: disable=import-outside-toplevel
   base.check_split(opts.split)
+  index = [list(dataset.source_names).index(n) for n in scored_sources(dataset, opts)]
+  subset = index != list(range(dataset.num_sources))
   if opts.dataset == "toy":
     tracks = dataset.tracks(opts.split, limit=opts.limit)
   else:
@@ -171,6 +200,9 @@ def iter_tracks(dataset, opts: EvalOptions) -> Iterator[Tuple[str, np.ndarray, n
     if opts.limit and i >= opts.limit:
       return
     mix, sources = np.asarray(mix, np.float32), np.asarray(sources, np.float32)
+    if subset:
+      sources = sources[index]
+      mix = mixing.mix_sources(sources, dataset.mix, axis=0)
     if mix.ndim != (2 if opts.stereo else 1):
       raise ValueError(f"track {name}: audio of shape {mix.shape}; expected {'[T, 2]' if opts.stereo else '[T]'}")
     if crop:
@@ -193,20 +225,30 @@ def spectral_tilt(x, sample_rate: int, db_per_octave: float, reference_hz: float
   return np.fft.irfft(spec, n=x.shape[-1], axis=-1).astype(np.float32)
 
 
+ALL_SOURCES = "all"  # --model_sources=all: every class of the model (and of --extra_priors)
+
+
 def make_separator(method: Optional[str], model_dir: Optional[str], dataset, opts: EvalOptions,
-                   model_flags=()):
+                   model_flags=(), model_sources=None, extra_priors=None):
   """The separator under test: load_separator(model_dir) (its saved flags overridden by `model_flags`,
-  '--name=value' each), or a baseline built for `dataset`."""
+  '--name=value' each; with the priors of `model_sources` only, default: opts.sources if any, ['all']: every
+  class; plus `extra_priors` {name: prior model dir}), or a baseline built for `dataset` (and opts.sources)."""
   from vsep_tf.separators import oracle  # pylint: disable=import-outside-toplevel
+  names = scored_sources(dataset, opts)
   if model_dir:
     from vsep_tf.model_dir import load_separator  # pylint: disable=import-outside-toplevel
-    return load_separator(model_dir, list(model_flags))
+    chosen = list(model_sources) if model_sources else (list(opts.sources) or None)
+    if chosen == [ALL_SOURCES]:
+      chosen = None
+    return load_separator(model_dir, list(model_flags), sources=chosen, extra_priors=extra_priors)
+  if model_sources or extra_priors:
+    raise ValueError("--model_sources and --extra_priors apply to --model_dir")
   if method == "oracle_irm":
-    return oracle.OracleIRM(dataset.source_names, dataset.sample_rate, dataset.mix,
+    return oracle.OracleIRM(names, dataset.sample_rate, dataset.mix,
                             n_fft=opts.resolved_oracle_fft(dataset.sample_rate), hop=opts.oracle_hop,
                             power=opts.oracle_power)
   if method == "mixture":
-    return oracle.MixtureBaseline(dataset.source_names, dataset.sample_rate, dataset.mix)
+    return oracle.MixtureBaseline(names, dataset.sample_rate, dataset.mix)
   raise ValueError(f"unknown method {method!r}; pass --model_dir or --method from {BASELINES}")
 
 
@@ -216,24 +258,32 @@ def check_model_dir(model_dir: str):
 
 
 class _Adapter:
-  """Runs a separator on data of possibly another rate / mixing convention; source order = the data's."""
+  """Runs a separator on data of possibly another rate / mixing convention. Estimates come back in the order
+  `names` (the scored stems, default the data's), then the separator's `spare` classes (priors for classes
+  not in the mix: e.g. 4 priors on a trio), whose estimates are not scored but their energy is reported."""
 
-  def __init__(self, separator, dataset, batch_size: int):
+  def __init__(self, separator, dataset, batch_size: int, names=None):
     self.sep = separator
     self.data_rate = int(dataset.sample_rate)
     self.model_rate = int(separator.sample_rate)
     self.resampled = self.model_rate != self.data_rate
     self.batch_size = batch_size
-    names = list(dataset.source_names)
-    if sorted(separator.source_names) != sorted(names):
-      raise ValueError(f"the separator's sources {list(separator.source_names)} are not the data's {names}")
-    self.order = [list(separator.source_names).index(n) for n in names]
-    n = len(names)
-    self.gain = 1.0
-    if separator.mix != dataset.mix:
-      self.gain = (1.0 / n) if (dataset.mix == "sum" and separator.mix == "mean") else float(n)
-      logging.warning("the data mixes by %s, the model by %s: mixtures are scaled by %g before separation",
-                      dataset.mix, separator.mix, self.gain)
+    names = list(names or dataset.source_names)
+    model_names = list(separator.source_names)
+    missing = [n for n in names if n not in model_names]
+    if missing:
+      raise ValueError(f"the separator's sources {model_names} do not include the data's {missing} (scored: "
+                       f"{names}; --sources picks the stems to mix, --model_sources / --extra_priors the priors)")
+    self.names = names
+    self.spare = [n for n in model_names if n not in names]
+    self.order = [model_names.index(n) for n in names + self.spare]
+    # Data mix -> the sum of its stems (a 'mean' of k stems times k) -> the model's convention (a 'mean' of its
+    # N classes: / N). The same classes and mixing function: 1.
+    self.gain = ((len(names) if dataset.mix == "mean" else 1.0)
+                 / (len(model_names) if separator.mix == "mean" else 1.0))
+    if self.gain != 1.0:
+      logging.warning("the data mixes %d stems by %s, the model %d classes by %s: mixtures are scaled by %g "
+                      "before separation", len(names), dataset.mix, len(model_names), separator.mix, self.gain)
     if self.resampled:
       logging.warning("the model runs at %d Hz, the data at %d Hz: mixtures are resampled to %d Hz and the "
                       "estimates back to %d Hz for scoring (vsep_tf.audio.resample)", self.model_rate,
@@ -320,17 +370,34 @@ class _Inline:
     return self.value
 
 
+def relative_energy_db(estimates, reference, names) -> Dict[str, float]:
+  """{name: 10 log10(sum est_k^2 / sum reference^2)}: estimates [K, T(, C)], reference [T(, C)] (-inf for a
+  silent estimate is reported as -200 dB, strict JSON)."""
+  ref = float(np.sum(np.square(np.asarray(reference, np.float64))))
+  out = {}
+  for name, est in zip(names, estimates):
+    energy = float(np.sum(np.square(np.asarray(est, np.float64))))
+    out[name] = max(10.0 * math.log10(max(energy, 1e-30) / max(ref, 1e-30)), -200.0)
+  return out
+
+
 def _track_name_safe(name: str) -> str:
   return "".join(c if (c.isalnum() or c in "-_.") else "_" for c in name) or "track"
 
 
 def evaluate(opts: EvalOptions, method: Optional[str] = None, model_dir: Optional[str] = None, separator=None,
              per_track_dir: Optional[str] = None, write_audio_dir: Optional[str] = None,
-             verbose: int = 1, model_flags=()) -> Dict:
+             verbose: int = 1, model_flags=(), model_sources=None, extra_priors=None) -> Dict:
   """Scores one separator on the dataset of `opts`. Returns the result dict (the JSON of the tool).
 
   Exactly one of `model_dir` (a trained model), `method` (a baseline: 'oracle_irm', 'mixture') or
   `separator` (any vsep_tf.separators.Separator) says what to evaluate.
+
+  Priors compose: opts.sources mixes and scores only those stems; the model separates with the priors of
+  `model_sources` (default: opts.sources; ['all']: all of its classes) plus `extra_priors` {name: prior dir}.
+  Classes the separator has beyond the mixed stems ('spare', e.g. 4 priors on a trio) are not scored; the
+  energy of each one's estimate relative to the mix (the SUM of the mixed stems), in dB, is reported per
+  track and over tracks (result['spare']): a spare class should come out near silent.
   """
   t_start = time.perf_counter()
   opts.validate()
@@ -344,9 +411,10 @@ def evaluate(opts: EvalOptions, method: Optional[str] = None, model_dir: Optiona
   total = num_tracks(dataset, opts)
   if total == 0:
     raise ValueError(f"no tracks to evaluate in split {opts.split!r} of {dataset!r}")
-  sep = separator if separator is not None else make_separator(method, model_dir, dataset, opts, model_flags)
-  adapter = _Adapter(sep, dataset, opts.batch_size)
-  names = list(dataset.source_names)
+  sep = separator if separator is not None else make_separator(method, model_dir, dataset, opts, model_flags,
+                                                               model_sources, extra_priors)
+  adapter = _Adapter(sep, dataset, opts.batch_size, scored_sources(dataset, opts))
+  names, spare = adapter.names, adapter.spare
   rate = int(dataset.sample_rate)
   logging.info("evaluating %s on %s/%s (%s tracks, sources %s, %d Hz, mix=%s)", sep.method, opts.dataset,
                opts.split, total, names, rate, dataset.mix)
@@ -360,9 +428,14 @@ def evaluate(opts: EvalOptions, method: Optional[str] = None, model_dir: Optiona
   audio_seconds = 0.0
   done = 0
 
+  spare_db: Dict[str, Dict[str, float]] = {}  # track -> spare class -> energy relative to the mix (dB)
+
   def submit(name, mix, sources, est, seconds):
     nonlocal audio_seconds
     audio_seconds += mix.shape[0] / rate
+    if spare:
+      spare_db[name] = relative_energy_db(est[len(names):], sources.sum(axis=0), spare)
+      est = est[:len(names)]
     si = bsseval.si_sdr_scores(sources, est, mix)
     args = (sources.astype(np.float64), est.astype(np.float64), rate, opts.win_seconds, opts.hop_seconds)
     job = (pool.apply_async(bsseval.museval_worker, args) if pool is not None
@@ -380,7 +453,7 @@ def evaluate(opts: EvalOptions, method: Optional[str] = None, model_dir: Optiona
       scores = {m: np.asarray(bss[m]) for m in bsseval.BSS_METRICS}
       scores.update(si)
       record = {"track": name, "sources": bsseval.as_source_dict(scores, names), "separation_seconds": seconds,
-                "duration_seconds": duration,
+                "duration_seconds": duration, **({"spare_energy_db": spare_db[name]} if spare else {}),
                 "frames": {n: {m: bss[f"{m}_frames"][k] for m in bsseval.BSS_METRICS} for k, n in enumerate(names)}}
       per_track.append(record)
       if per_track_dir:
@@ -444,6 +517,11 @@ def evaluate(opts: EvalOptions, method: Optional[str] = None, model_dir: Optiona
       "separator": sep.describe(),
       "tracks": [t["track"] for t in per_track],
       "per_track": {t["track"]: t["sources"] for t in per_track},
+      "separator_sources": list(sep.source_names),
+      "spare": ({n: {"energy_db_median": float(np.median([spare_db[t][n] for t in spare_db])),
+                     "energy_db_mean": float(np.mean([spare_db[t][n] for t in spare_db])),
+                     "energy_db_max": float(np.max([spare_db[t][n] for t in spare_db])),
+                     "per_track": {t: spare_db[t][n] for t in spare_db}} for n in spare} if spare else {}),
       "aggregation": ("bsseval: museval v4, win = hop = %g s, median over frames (NaN frames left out); "
                       "si_sdr over the whole track; median over tracks per source; overall = median over "
                       "sources, overall_mean = mean over sources" % opts.win_seconds),
@@ -487,7 +565,9 @@ def summary_table(result: Dict) -> str:
   nan = math.nan
   sources = {n: {m: (nan if v is None else v) for m, v in d.items()} for n, d in result["sources"].items()}
   overall = {m: (nan if v is None else v) for m, v in result["overall"].items()}
-  return head + "\n" + bsseval.format_table(sources, overall)
+  spare = "".join(f"\nspare {n} (not in the mix): estimate energy {d['energy_db_median']:+.1f} dB re the mix "
+                  f"(median over tracks; max {d['energy_db_max']:+.1f} dB)" for n, d in result.get("spare", {}).items())
+  return head + "\n" + bsseval.format_table(sources, overall) + spare
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -529,6 +609,10 @@ def define_data_flags(fv: flags.FlagValues):
                      flag_values=fv)
   flags.DEFINE_float("win_seconds", d.win_seconds, "BSSEval window (SiSEC: 1 s).", flag_values=fv)
   flags.DEFINE_float("hop_seconds", d.hop_seconds, "BSSEval hop (SiSEC: 1 s).", flag_values=fv)
+  flags.DEFINE_list("sources", list(d.sources), "Mix and score only these stems of every track (e.g. a trio: "
+                    "--sources=violin,clarinet,tenor_sax; mixed by the data's mixing function, the mixture file "
+                    "unused). With --model_dir the model separates with these priors only, unless "
+                    "--model_sources. Empty: every stem.", flag_values=fv)
   flags.DEFINE_boolean("stereo", d.stereo, "Score 2 channels as 2 channels (stems, musdb): the separator gets both "
                        "channels together (Separator.separate_channels) and museval scores [N, T, 2].",
                        flag_values=fv)
@@ -542,6 +626,10 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_multi_string("model_override", [], "'--name=value' replacing a flag saved in the model directory "
                             "(as vsep_tf.separate; e.g. --model_override=--langevin_steps_per_level=20).",
                             flag_values=fv)
+  flags.DEFINE_list("model_sources", [], "The priors the model separates with (default: --sources, or all): e.g. "
+                    "--sources=violin,clarinet,tenor_sax --model_sources=all scores a trio separated by all four "
+                    "priors and reports the spare class's estimate energy re the mix (dB).", flag_values=fv)
+  cli.define_compose_flags(fv, sources=False)
   flags.DEFINE_string("output_json", None, "Write the results here.", flag_values=fv)
   flags.DEFINE_string("per_track_dir", None, "Per-track JSONs (default: <output_json>.tracks/).", flag_values=fv)
   flags.DEFINE_string("write_audio_dir", None, "Write the estimates as <dir>/<track>/<source>.wav.",
@@ -552,6 +640,7 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
 def options_from_flags(fv, model_dir: Optional[str] = None) -> EvalOptions:
   """EvalOptions from the data flags; with no --dataset, the model's own dataset (data_root, musdb_root)."""
   kwargs = {f.name: fv[f.name].value for f in dataclasses.fields(EvalOptions) if f.name in fv}
+  kwargs["sources"] = tuple(kwargs.get("sources") or ())
   if kwargs.get("dataset") is None:
     if not model_dir:
       raise ValueError("--dataset is required with --method (toy, stems or musdb)")
@@ -582,7 +671,8 @@ def main(argv):
       raise ValueError(f"--output_json={fv.output_json} is a directory")
     per_track_dir = fv.per_track_dir or (default_per_track_dir(fv.output_json) if fv.output_json else None)
     result = evaluate(opts, method=fv.method, model_dir=fv.model_dir, per_track_dir=per_track_dir,
-                      write_audio_dir=fv.write_audio_dir, model_flags=fv.model_override)
+                      write_audio_dir=fv.write_audio_dir, model_flags=fv.model_override,
+                      model_sources=fv.model_sources or None, extra_priors=cli.parse_extra_priors(fv.extra_priors))
   except (ValueError, FileNotFoundError, NotADirectoryError, flags.Error) as e:
     print(f"vsep_tf.evaluate: error: {e}", file=sys.stderr)
     return 1

@@ -72,10 +72,12 @@ class AudioSeparator:
     self.block_seconds = float(block_seconds)
 
   @classmethod
-  def from_model_dir(cls, model_dir: str, overrides: Sequence[str] = (), **kwargs) -> "AudioSeparator":
-    """The separator a `python -m vsep_tf.train` model directory holds (vsep_tf.model_dir.load_separator)."""
+  def from_model_dir(cls, model_dir: str, overrides: Sequence[str] = (), sources: Sequence[str] = None,
+                     extra_priors: dict = None, **kwargs) -> "AudioSeparator":
+    """The separator a `python -m vsep_tf.train` model directory holds (vsep_tf.model_dir.load_separator; sources /
+    extra_priors: separate with only those classes' priors, add priors trained on their own)."""
     from vsep_tf.model_dir import load_separator  # pylint: disable=import-outside-toplevel
-    return cls(load_separator(model_dir, list(overrides)), **kwargs)
+    return cls(load_separator(model_dir, list(overrides), sources=sources, extra_priors=extra_priors), **kwargs)
 
   @property
   def source_names(self):

@@ -31,7 +31,6 @@ import tensorflow as tf
 
 from vsep_tf import config as config_lib
 from vsep_tf import registry
-from vsep_tf.priors.spectral import build_spectral_prior
 from vsep_tf.separators.base import Separator
 
 MANIFEST_FILENAME = "manifest.json"
@@ -66,7 +65,9 @@ def model_families(settings: Mapping) -> tuple:
   kind = separator_kind(settings)
   if kind in ("langevin", "periodic"):
     return settings["prior"], "periodic"
-  return {"encoder": ("encoder",), "nmf": ("nmf",), "spectral": ("spectral", "spectral_search"),
+  if kind == "spectral":  # the family of its kind of prior (--spectral_prior: vae -> spectral, flow -> spectral_flow)
+    return registry.spectral_prior_family(settings), "spectral_search"
+  return {"encoder": ("encoder",), "nmf": ("nmf",),
           "spectral_encoder": ("spectral_encoder", "spectral_search")}.get(kind, ())
 
 
@@ -74,8 +75,9 @@ def model_families(settings: Mapping) -> tuple:
 KIND_SETTINGS = {"langevin_": ("langevin", "periodic"), "priors_search": ("langevin", "periodic"),
                  "sigma_": ("langevin", "periodic"), "p_clean": ("langevin", "periodic"),
                  "elbo_": ("encoder",), "sleep_": ("encoder",), "distill_steps": ("encoder",),
-                 "valid_examples": ("encoder",), "prior_steps": ("spectral_encoder",),
-                 "prior_batch_size": ("spectral_encoder",), "prior_learning_rate": ("spectral_encoder",)}
+                 "valid_examples": ("encoder",), "spectral_prior": ("spectral",), "prior_steps": ("spectral_encoder",),
+                 "prior_batch_size": ("spectral_encoder",), "prior_learning_rate": ("spectral_encoder",),
+                 "encoder_objective": ("spectral_encoder",)}
 
 
 def manifest_settings(cfg: Mapping) -> dict:
@@ -186,28 +188,97 @@ def restore_priors(model_dir: str):
 
 
 def restore_spectral_priors(model_dir: str) -> dict:
-  """{source name: SpectralPrior} of a --job=spectral model directory."""
+  """{source name: SpectralPrior or SpectralFlowPrior} of a --job=spectral model directory (the kind its
+  manifest's 'spectral_prior' names; 'vae' when absent)."""
   manifest = read_manifest(model_dir)
   if manifest["settings"]["job"] != "spectral":
     raise ModelDirError(f"{model_dir} holds a {manifest['separator']} model, not spectral priors")
-  kwargs = registry.factory_kwargs(manifest["settings"], "spectral")
-  priors = {name: build_spectral_prior(**kwargs) for name in manifest["source_names"]}
+  try:
+    priors = registry.build_spectral_priors(manifest["settings"], manifest["source_names"])
+  except ValueError as e:
+    raise ModelDirError(f"{model_dir}: {e}") from e
   restore(model_dir, priors=priors)
   return priors
 
 
-def load_separator(model_dir: str, overrides: Sequence[str] = ()) -> Separator:
+class SourcesError(ModelDirError):
+  """--sources names a class the model (and its --extra_priors) has no prior for, or a class twice."""
+
+
+def select_sources(available: Sequence[str], sources: Sequence[str] = None) -> tuple:
+  """The classes to separate: `sources` (in the order given) if any, else every one of `available`.
+  SourcesError naming the available classes for an unknown or repeated name."""
+  available = tuple(available)
+  if sources is None:
+    return available
+  sources = tuple(str(s).strip() for s in sources)
+  unknown = [s for s in sources if s not in available]
+  if unknown or not sources:
+    raise SourcesError(f"unknown source(s) {unknown}; available: {', '.join(available)}" if unknown
+                       else f"no sources named; available: {', '.join(available)}")
+  repeated = sorted({s for s in sources if sources.count(s) > 1})
+  if repeated:
+    raise SourcesError(f"source(s) {repeated} named more than once")
+  return sources
+
+
+def restore_extra_priors(extra_priors: Mapping[str, str], sample_rate: int, latent_dim: int) -> dict:
+  """{name: SpectralPrior} for --extra_priors name=DIR: DIR a --job=spectral directory (or a spectral_encoder
+  one: its priors), whose class `name`, or its only class, is taken (under `name`). SourcesError if it is at
+  another sample rate or latent size (the STFT and concentration are checked by SpectralPriorSeparator)."""
+  out = {}
+  for name, path in (extra_priors or {}).items():
+    manifest = read_manifest(path)
+    prior_dir = component_dir(path, PRIORS_SUBDIR) if manifest["settings"]["job"] == "spectral_encoder" else path
+    priors = restore_spectral_priors(prior_dir)
+    if name in priors:
+      prior = priors[name]
+    elif len(priors) == 1:
+      prior = next(iter(priors.values()))
+    else:
+      raise SourcesError(f"--extra_priors {name}={path}: it has priors for {', '.join(priors)}, none named "
+                         f"{name!r} (a directory of one prior may be named anything)")
+    rate = int(read_manifest(prior_dir)["sample_rate"])
+    if rate != int(sample_rate) or prior.latent_dim != int(latent_dim):
+      raise SourcesError(f"--extra_priors {name}={path}: {rate} Hz, latent size {prior.latent_dim}; the model's "
+                         f"priors: {sample_rate} Hz, {latent_dim}")
+    out[name] = prior
+  return out
+
+
+def load_separator(model_dir: str, overrides: Sequence[str] = (), sources: Sequence[str] = None,
+                   extra_priors: Mapping[str, str] = None) -> Separator:
   """The separator a model directory holds, with '--name=value' overrides of its settings.
 
   job priors -> LangevinSeparator (or PeriodicSeparator with priors_search=periodic); variational /
   supervised -> EncoderSeparator; nmf -> NMFSeparator; spectral -> SpectralPriorSeparator (MAP from the priors'
-  own encoders); spectral_encoder -> the same started from (iterations=0: given by) the amortised encoder."""
+  own encoders); spectral_encoder -> the same started from (iterations=0: given by) the amortised encoder.
+
+  Priors compose (docs: one prior per class, no class knows the others):
+  sources: separate with these classes' priors only, in this order (a mix of a subset of the classes; the
+    estimates add up to it). Prior-based kinds (langevin, periodic, nmf, spectral, spectral_encoder: the
+    amortised encoder's outputs for these classes, mass shares renormalised over them); an encoder
+    (variational / supervised) separator has fixed outputs: SourcesError.
+  extra_priors: {name: spectral prior model directory}: add classes the model was not trained with (spectral
+    kinds only, same STFT, concentration, latent size and rate); they start the MAP fit from their own prior's
+    encoder. With no `sources`, the model's classes then the extra ones."""
   manifest = read_manifest(model_dir)
   cfg = load_config(model_dir, overrides)
   names, rate, mix = tuple(manifest["source_names"]), manifest["sample_rate"], manifest["mix"]
   kind = separator_kind(cfg)
+  extra_priors = dict(extra_priors or {})
+  clash = [n for n in extra_priors if n in names]
+  if clash:
+    raise SourcesError(f"--extra_priors {clash}: the model already has a prior for that class")
+  if extra_priors and kind not in ("spectral", "spectral_encoder"):
+    raise SourcesError(f"{model_dir}: extra priors are spectral priors; a {kind} model cannot take them")
+  chosen = select_sources(names + tuple(extra_priors), sources)
+  if kind == "encoder" and chosen != names:
+    raise SourcesError(f"{model_dir}: an encoder ({cfg.job}) separator has one fixed output per class "
+                       f"({', '.join(names)}): --sources is for prior-based models (spectral, nmf, langevin)")
   if kind in ("langevin", "periodic"):
     priors, _ = restore_priors(model_dir)
+    priors = {n: priors[n] for n in chosen}
     if kind == "periodic":
       from vsep_tf.separators.periodic import PeriodicSeparator  # pylint: disable=import-outside-toplevel
       return PeriodicSeparator(priors, rate, mix, **registry.factory_kwargs(cfg, "periodic"))
@@ -222,7 +293,8 @@ def load_separator(model_dir: str, overrides: Sequence[str] = ()) -> Separator:
     return EncoderSeparator(encoder, names, rate, method=cfg.job)
   if kind == "nmf":
     from vsep_tf.separators.nmf import NMF_FILENAME, NMFSeparator  # pylint: disable=import-outside-toplevel
-    return NMFSeparator.load(os.path.join(model_dir, NMF_FILENAME))
+    separator = NMFSeparator.load(os.path.join(model_dir, NMF_FILENAME))
+    return separator if chosen == names else separator.subset(chosen)
   if kind in ("spectral", "spectral_encoder"):
     from vsep_tf.separators import spectral  # pylint: disable=import-outside-toplevel
     options = registry.factory_kwargs(cfg, "spectral_search")
@@ -235,6 +307,11 @@ def load_separator(model_dir: str, overrides: Sequence[str] = ()) -> Separator:
       priors = restore_spectral_priors(model_dir)
     if tuple(priors) != names:
       raise ModelDirError(f"{model_dir}: its priors are for {tuple(priors)}, its manifest names {names}")
+    priors.update(restore_extra_priors(extra_priors, rate, next(iter(priors.values())).latent_dim))
+    if chosen != names:
+      priors = {n: priors[n] for n in chosen}
+      if "encoder" in options:  # the amortised encoder's class of every chosen prior (None: an added class)
+        options["encoder_sources"] = [names.index(n) if n in names else None for n in chosen]
     return spectral.SpectralPriorSeparator(priors, rate, mix, **options)
   raise ModelDirError(f"{model_dir}: no separator for job {cfg.job!r}")
 

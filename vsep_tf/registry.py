@@ -17,6 +17,7 @@ import tensorflow as tf
 from vsep_tf import data as data_lib
 from vsep_tf import priors as priors_lib
 from vsep_tf.priors.spectral import build_spectral_prior
+from vsep_tf.priors.spectral_flow import build_spectral_flow_prior
 from vsep_tf.separators import encoder, nmf, periodic
 from vsep_tf.separators import spectral as spectral_search
 
@@ -27,7 +28,25 @@ NOT_HYPERPARAMETERS = ("name", "seed")
 FAMILIES = {**priors_lib.PRIORS, "encoder": encoder.build_encoder, "nmf": nmf.nmf_hyperparameters,
             "periodic": periodic.periodic_hyperparameters, "spectral": build_spectral_prior,
             "spectral_search": spectral_search.spectral_search_hyperparameters,
-            "spectral_encoder": spectral_search.build_spectral_encoder}
+            "spectral_encoder": spectral_search.build_spectral_encoder,
+            "spectral_flow": build_spectral_flow_prior}
+# The kinds of spectral prior (--spectral_prior) and the family whose factory builds each.
+SPECTRAL_PRIOR_FAMILIES = {"vae": "spectral", "flow": "spectral_flow"}
+
+
+def spectral_prior_family(cfg: Mapping) -> str:
+  """The flag family of the spectral prior kind cfg['spectral_prior'] ('vae' when absent: older manifests)."""
+  kind = cfg.get("spectral_prior", "vae") or "vae"
+  if kind not in SPECTRAL_PRIOR_FAMILIES:
+    raise ValueError(f"unknown spectral prior {kind!r}; choose from {sorted(SPECTRAL_PRIOR_FAMILIES)}")
+  return SPECTRAL_PRIOR_FAMILIES[kind]
+
+
+def build_spectral_priors(cfg: Mapping, source_names) -> dict:
+  """{source name: SpectralPrior or SpectralFlowPrior} of the kind cfg['spectral_prior'], with its family's
+  '<family>.*' hyperparameters."""
+  family = spectral_prior_family(cfg)
+  return {name: FAMILIES[family](**factory_kwargs(cfg, family)) for name in source_names}
 
 
 def family_defaults(family: str) -> dict:

@@ -35,12 +35,20 @@ def _define_run_flags(fv: flags.FlagValues):
                     "class: --prior; separates by Langevin), 'variational' (waveform encoder on mixes by the "
                     "ELBO of --prior_dir's frozen priors), 'supervised' (the same encoder on (mix, sources) "
                     "pairs: a reference).", flag_values=fv)
+  flags.DEFINE_enum("spectral_prior", "vae", ["vae", "flow"],
+                    "--job=spectral (and the priors stage of spectral_separator): the kind of spectral prior per "
+                    "class: 'vae' (priors/spectral.py, settings --spectral.*) or 'flow' (a Glow over the normalised "
+                    "log-spectral frames, priors/spectral_flow.py, settings --spectral_flow.*).", flag_values=fv)
   flags.DEFINE_integer("prior_steps", 2000, "--job=spectral_separator: training steps of the priors stage.",
                        flag_values=fv)
   flags.DEFINE_integer("prior_batch_size", 256, "--job=spectral_separator: solo STFT frames per class and step "
                        "in the priors stage.", flag_values=fv)
   flags.DEFINE_float("prior_learning_rate", 1e-3, "--job=spectral_separator: learning rate of the priors stage.",
                      flag_values=fv)
+  flags.DEFINE_enum("encoder_objective", "elbo", ["elbo", "map"],
+                    "--job=spectral_encoder / spectral_separator: what trains the amortised encoder on mixes: "
+                    "'elbo' (the priors' ELBO, z sampled from q) or 'map' (the MAP fit's own objective at the "
+                    "encoder's means, latent prior weight --spectral_search.prior_weight).", flag_values=fv)
   flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                     "tf.distribute strategy. multi_worker reads the cluster from TF_CONFIG.", flag_values=fv)
   flags.DEFINE_list("worker_hosts", [], "--strategy=multi_worker: 'host:port' of every worker (worker 0 is the "

@@ -19,6 +19,13 @@ progress leaves nothing, the completed ones stay, and the exit code is 128 + the
 SavedModel (`python -m vsep_tf.export.saved_model`: BASE/NAME or one version directory) or a .tflite file
 (`python -m vsep_tf.export.tflite`). --model_override='--spectral_search.iterations=0' changes a setting of a
 model directory (repeatable).
+
+Priors compose (model directories of prior-based separators):
+  python -m vsep_tf.separate --model_dir=pretrained/chorales --sources=violin,clarinet,tenor_sax \
+      --input=trio.wav --output_dir=out        # a trio: only those three priors, outputs in that order
+  python -m vsep_tf.separate --model_dir=pretrained/chorales --extra_priors=flute=runs/flute_prior \
+      --input=quintet.wav --output_dir=out     # a class added from a prior trained on its own
+An unknown --sources name is one line naming the available classes, exit code 2.
 """
 from __future__ import annotations
 
@@ -34,16 +41,21 @@ flags.DEFINE_string("model_dir", None, "Model directory, exported SavedModel or 
 flags.DEFINE_multi_string("model_override", [], "'--name=value' replacing a flag saved in the model directory "
                           "(e.g. --model_override=--langevin_steps_per_level=20).")
 cli.define_flags(FLAGS)
+cli.define_compose_flags(FLAGS)
 
 
-def load_model(path: str, overrides=()):
-  """The Separator at `path`: a training model directory, an exported SavedModel, or a .tflite file."""
+def load_model(path: str, overrides=(), sources=None, extra_priors=None):
+  """The Separator at `path`: a training model directory, an exported SavedModel, or a .tflite file. sources /
+  extra_priors: model_dir.load_separator's (model directories only)."""
   from vsep_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
   if os.path.isdir(path) and model_dir_lib.is_model_dir(path):
-    return model_dir_lib.load_separator(path, list(overrides))
+    return model_dir_lib.load_separator(path, list(overrides), sources=sources or None, extra_priors=extra_priors)
   from vsep_tf import export  # pylint: disable=import-outside-toplevel
   if overrides:
     raise ValueError("--model_override applies to training model directories only")
+  if sources or extra_priors:
+    raise model_dir_lib.SourcesError("--sources / --extra_priors apply to model directories (an exported model's "
+                                     "outputs are fixed)")
   return export.load_exported(path)
 
 
@@ -58,10 +70,18 @@ def main(argv):
   problem = cli.check_flags(FLAGS)
   if problem:
     return session.error(problem, code=2)
+  try:
+    extra_priors = cli.parse_extra_priors(FLAGS.extra_priors)
+  except ValueError as e:
+    return session.error(str(e), code=2)
 
   def work():  # in a worker thread: loading a model can take long too
+    from vsep_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
     try:
-      separator = load_model(FLAGS.model_dir, FLAGS.model_override)
+      separator = load_model(FLAGS.model_dir, FLAGS.model_override, FLAGS.sources, extra_priors)
+    except model_dir_lib.SourcesError as e:
+      what = f"--sources={','.join(FLAGS.sources)}" if FLAGS.sources else "--extra_priors"
+      return session.error(f"{what}: {e}", code=2)
     except (FileNotFoundError, ValueError, OSError) as e:
       return session.error(f"--model_dir={FLAGS.model_dir}: cannot load a model ({e})", code=2)
     return session.separate_files(separator, FLAGS)

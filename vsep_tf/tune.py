@@ -11,6 +11,14 @@ base config (<project>/base.flags: the flagfile's project flags) plus the trial'
   valid_nll     (--job=priors, 'auto') mean over classes and --tune_valid_sigmas of each prior's NLL
                 (nats/sample) on held-out 'valid' solo crops of its own class (confusion.log_likelihood_table);
   valid_si_sdr  (--job=variational / supervised, 'auto') mean over sources of SeparatorTrainer.validate();
+  valid_sdr     (--job=spectral_encoder / spectral_separator / spectral, 'auto') a SEPARATION score: the trial's
+                model directory is loaded with model_dir.load_separator (its saved flags overridden by
+                --tune_valid_override, e.g. '--spectral_search.iterations=0' for the one pass), the held-out
+                'valid' split of the training data is separated (--dataset=stems: the --valid_tracks train tracks;
+                toy: --tune_valid_examples items of the training seed's valid split; each cut to its first
+                --tune_valid_seconds) and scored exactly as vsep_tf.evaluate does (museval v4 SDR on 1 s windows,
+                median over windows, tracks, then sources: result['overall']['sdr'], dB, maximised). The full
+                result is written to <project>/trial_<id>/valid_sdr.json;
   total_loss    the trainer's final mean training loss (any job).
 
 Hyperparameters: --hp='<flag>=float:LO:HI[:log]', '<flag>=int:LO:HI[:STEP]', '<flag>=choice:A|B|C' (repeat
@@ -22,6 +30,9 @@ interrupted search: completed trials are kept and --max_trials counts them.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
+import math
 import os
 import shutil
 import sys
@@ -34,7 +45,8 @@ from vsep_tf import run_flags
 
 FLAGS = flags.FLAGS
 
-OBJECTIVES = {"valid_nll": "min", "valid_si_sdr": "max", "total_loss": "min"}
+OBJECTIVES = {"valid_nll": "min", "valid_si_sdr": "max", "valid_sdr": "max", "total_loss": "min"}
+SPECTRAL_JOBS = ("spectral_encoder", "spectral_separator", "spectral")
 
 # Built-in search spaces (spec strings, see parse_hp). Ranges sized for the toy data on a CPU.
 PRIOR_SPACE = ("learning_rate=float:3e-4:1e-2:log", "sigma_min=float:0.003:0.03:log",
@@ -45,6 +57,15 @@ FAMILY_SPACE = {
     "flow": ("flow.num_blocks=int:2:4", "flow.flows_per_block=int:2:6", "flow.width=choice:16|32|48",
              "flow.num_layers=int:4:8"),
 }
+# The amortised spectral encoder for fixed priors (--prior_dir). Conditional in effect: wavenet_layers is read
+# only by arch=wavenet, context_frames only by arch=conv, prior_weight only by encoder_objective=map (and by a MAP
+# separation, --spectral_search.iterations > 0).
+SPECTRAL_ENCODER_SPACE = ("spectral_encoder.arch=choice:conv|wavenet",
+                          "spectral_encoder.hidden_units=choice:64|128|256", "spectral_encoder.wavenet_layers=int:4:7",
+                          "spectral_encoder.context_frames=int:1:4",
+                          "learning_rate=float:3e-4:3e-3:log", "encoder_objective=choice:elbo|map",
+                          "spectral_search.prior_weight=float:0.1:1.0:log")
+SPECTRAL_PRIOR_SPACE = ("spectral.latent_dim=choice:8|16|32", "spectral.hidden_units=choice:256|512")
 SEPARATOR_SPACE = ("learning_rate=float:3e-4:1e-2:log", "elbo_sigma_start=float:0.1:1.0:log",
                    "elbo_sigma_end=float:0.003:0.05:log", "elbo_anneal_fraction=float:0.3:0.9",
                    "elbo_mix_sigma=float:0.003:0.1:log", "elbo_entropy_weight=float:0.1:1.0")
@@ -65,14 +86,23 @@ def define_tune_flags(fv: flags.FlagValues = FLAGS):
   flags.DEFINE_boolean("overwrite", False, "Start afresh (delete the project); false continues a search.",
                        flag_values=fv)
   flags.DEFINE_enum("objective", "auto", ["auto", *OBJECTIVES],
-                    "auto: valid_nll for --job=priors, valid_si_sdr for variational / supervised, else "
-                    "total_loss.", flag_values=fv)
+                    "auto: valid_nll for --job=priors, valid_si_sdr for variational / supervised, valid_sdr for "
+                    "spectral_encoder / spectral_separator / spectral, else total_loss.", flag_values=fv)
   flags.DEFINE_multi_string("hp", [], "A searched hyperparameter: '<flag>=float:LO:HI[:log]', "
                             "'<flag>=int:LO:HI[:STEP]' or '<flag>=choice:A|B|C'. Default: the built-in space.",
                             flag_values=fv)
   flags.DEFINE_list("tune_valid_sigmas", ["0.01", "0.1", "0.5"], "valid_nll: noise levels scored.",
                     flag_values=fv)
-  flags.DEFINE_integer("tune_valid_examples", 8, "valid_nll: held-out solo crops per class.", flag_values=fv)
+  flags.DEFINE_integer("tune_valid_examples", 8, "valid_nll: held-out solo crops per class; valid_sdr on toy "
+                       "data: valid items separated.", flag_values=fv)
+  flags.DEFINE_multi_string("tune_valid_override", [], "valid_sdr: '--name=value' replacing a flag saved in the "
+                            "trial's model directory when it is loaded to separate (as vsep_tf.evaluate "
+                            "--model_override), e.g. --tune_valid_override=--spectral_search.iterations=0 (the "
+                            "encoder's one pass). Default: the trial's own separation settings.", flag_values=fv)
+  flags.DEFINE_float("tune_valid_seconds", 0.0, "valid_sdr: separate and score only the first seconds of each "
+                     "valid track (0: whole tracks).", flag_values=fv)
+  flags.DEFINE_integer("tune_valid_workers", 0, "valid_sdr: museval scoring processes (0: in this process).",
+                       flag_values=fv)
   flags.DEFINE_integer("hyperband_max_epochs", 9, "hyperband: most 'epochs' a trial gets.", flag_values=fv)
   flags.DEFINE_integer("hyperband_factor", 3, "hyperband: reduction factor.", flag_values=fv)
   flags.DEFINE_integer("steps_per_epoch", 50, "hyperband: training steps per epoch (--train_steps is ignored).",
@@ -101,6 +131,13 @@ def default_space(fv) -> tuple:
     return PRIOR_SPACE + FAMILY_SPACE.get(fv.prior, ())
   if fv.job in ("variational", "supervised"):
     return SEPARATOR_SPACE if fv.job == "variational" else SEPARATOR_SPACE[:1]
+  if fv.job == "spectral_encoder":
+    return SPECTRAL_ENCODER_SPACE
+  if fv.job == "spectral_separator":  # both stages: the priors' size and learning rate, then the encoder's
+    return SPECTRAL_ENCODER_SPACE + SPECTRAL_PRIOR_SPACE + ("prior_learning_rate=float:3e-4:3e-3:log",)
+  if fv.job == "spectral":  # the priors alone, separating by MAP from their own encoders
+    return (("learning_rate=float:3e-4:3e-3:log",) + SPECTRAL_PRIOR_SPACE
+            + ("spectral_search.prior_weight=float:0.1:1.0:log",))
   return ("learning_rate=float:3e-4:1e-2:log",)
 
 
@@ -142,7 +179,42 @@ def resolve_objective(fv) -> str:
     return "valid_nll"
   if fv.job in ("variational", "supervised"):
     return "valid_si_sdr"
+  if fv.job in SPECTRAL_JOBS:
+    return "valid_sdr"
   return "total_loss"
+
+
+def valid_eval_options(cfg, max_seconds: float = 0.0, num_examples: int = 0, num_workers: int = 0):
+  """evaluate.EvalOptions for the held-out 'valid' split of a run config's training data (`cfg`: a Config or
+  FlagValues): --dataset=stems with --valid_tracks > 0 (the train tracks it holds out), or toy (the training
+  seed's 'valid' items, `num_examples` of them). Raises ValueError when the data has no held-out split."""
+  from vsep_tf import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+  if cfg.dataset == "stems":
+    if not cfg.valid_tracks:
+      raise ValueError("objective valid_sdr on --dataset=stems needs --valid_tracks > 0 (train tracks held out "
+                       "as split 'valid'; never tune on test)")
+    opts = evaluate_lib.EvalOptions(dataset="stems", data_root=cfg.data_root, valid_tracks=cfg.valid_tracks)
+  elif cfg.dataset == "toy":
+    opts = evaluate_lib.EvalOptions(dataset="toy", toy_seed=cfg.toy_seed, num_examples=num_examples)
+  else:
+    raise ValueError(f"objective valid_sdr: --dataset={cfg.dataset} has no held-out split here (stems with "
+                     "--valid_tracks, or toy)")
+  return dataclasses.replace(opts, split="valid", mix=cfg.mix, max_seconds=float(max_seconds),
+                             num_workers=int(num_workers)).validate()
+
+
+def valid_sdr(model_dir: str, opts, model_overrides=()) -> dict:
+  """Separates the tracks of `opts` (valid_eval_options) with the separator of `model_dir` (load_separator, its
+  saved flags overridden by `model_overrides`, '--name=value' each) and scores them as vsep_tf.evaluate does.
+  Returns evaluate's result dict: result['overall']['sdr'] is the median over sources of the median over tracks
+  of the median over 1 s windows of museval's SDR (dB)."""
+  from vsep_tf import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+  from vsep_tf.model_dir import load_separator  # pylint: disable=import-outside-toplevel
+  separator = load_separator(model_dir, list(model_overrides))
+  result = evaluate_lib.evaluate(opts, separator=separator, verbose=0)
+  result["model_dir"] = os.path.abspath(model_dir)
+  result["model_overrides"] = list(model_overrides)
+  return result
 
 
 def valid_nll(trainer, sigmas, num_examples: int) -> dict:
@@ -159,6 +231,21 @@ def valid_nll(trainer, sigmas, num_examples: int) -> dict:
                                            batch_size=num_examples, seed=cfg.seed + 1)
     out[name] = -float(table[:, 0, 0].mean())
   return out
+
+
+def warn_prior_split(fv):
+  """Logs a warning when --prior_dir's priors were trained with other held-out tracks than --valid_tracks (the
+  valid tracks may then be in the priors' training audio)."""
+  if not fv.prior_dir or fv.dataset != "stems":
+    return
+  from vsep_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
+  try:
+    held = model_dir_lib.read_manifest(fv.prior_dir)["settings"].get("valid_tracks")
+  except (ValueError, OSError, KeyError):
+    return
+  if held != fv.valid_tracks:
+    logging.warning("--prior_dir=%s was trained with --valid_tracks=%s, this search holds out %s: the valid "
+                    "tracks may be in the priors' training audio", fv.prior_dir, held, fv.valid_tracks)
 
 
 # -------------------------------------------------------------------------------------------------- tuner
@@ -213,9 +300,35 @@ class _TunerMixin:
       scores = trainer.validate()
       metrics.update({f"valid_si_sdr/{k}": float(v) for k, v in scores.items()})
       metrics["valid_si_sdr"] = sum(float(v) for v in scores.values()) / len(scores)
+    elif self.objective_name == "valid_sdr":
+      metrics.update(self.valid_sdr_metrics(trial, cfg))
     self.durations[trial.trial_id] = time.perf_counter() - t0
     metrics["seconds"] = self.durations[trial.trial_id]
     return {k: float(v) for k, v in metrics.items() if k != "steps/s"}
+
+  def valid_sdr_metrics(self, trial, cfg) -> dict:
+    """Separates and scores the valid split with the trial's model dir (tune.valid_sdr); writes the result JSON
+    next to the model. Metrics: valid_sdr (overall), valid_sdr/<source>, valid_si_sdr, valid_seconds."""
+    import keras_tuner  # pylint: disable=import-outside-toplevel
+    fv = self.fv
+    t0 = time.perf_counter()
+    try:
+      opts = valid_eval_options(cfg, fv.tune_valid_seconds, fv.tune_valid_examples, fv.tune_valid_workers)
+      result = valid_sdr(cfg.model_dir, opts, fv.tune_valid_override)
+    except (FloatingPointError, ValueError, tf_errors()) as e:
+      raise keras_tuner.errors.FailedTrialError(f"trial {trial.trial_id}: valid SDR: {e}") from e
+    overall = result["overall"].get("sdr")
+    if overall is None or not math.isfinite(overall):
+      raise keras_tuner.errors.FailedTrialError(f"trial {trial.trial_id}: valid SDR {overall} (no finite score)")
+    path = os.path.join(os.path.dirname(cfg.model_dir), "valid_sdr.json")
+    config_lib.atomic_write_text(path, json.dumps(result, indent=1, allow_nan=False) + "\n")
+    out = {"valid_sdr": float(overall), "valid_seconds": time.perf_counter() - t0}
+    out.update({f"valid_sdr/{k}": float(v["sdr"]) for k, v in result["sources"].items() if v.get("sdr") is not None})
+    if result["overall"].get("si_sdr") is not None:
+      out["valid_si_sdr"] = float(result["overall"]["si_sdr"])
+    logging.info("trial %s: valid SDR %.3f dB on %d tracks (%s) in %.1f s", trial.trial_id, overall,
+                 result["num_tracks"], ", ".join(result["tracks"]), out["valid_seconds"])
+    return out
 
   def save_model(self, trial_id, model, step=0):
     del trial_id, model, step  # the trainer checkpoints into the trial's model dir
@@ -242,6 +355,9 @@ def make_tuner(fv, strategy=None, base_flagfile=None):
   space = tuple(fv.hp) or default_space(fv)
   for spec in space:
     parse_hp(spec)  # fail before any trial
+  if objective_name == "valid_sdr":
+    valid_eval_options(fv, fv.tune_valid_seconds, fv.tune_valid_examples, fv.tune_valid_workers)  # fail early
+    warn_prior_split(fv)
   hps = keras_tuner.HyperParameters()
   for spec in space:
     declare(hps, spec)
@@ -318,12 +434,20 @@ def plot_trials(tuner, path: str) -> str:
   return path
 
 
+def best_trial(tuner):
+  """The best COMPLETED trial with an objective value, or None (KerasTuner's get_best_trials pads its answer with
+  failed trials when fewer completed)."""
+  for trial in tuner.oracle.get_best_trials(len(tuner.oracle.trials) or 1):
+    if trial.status == "COMPLETED" and trial.metrics.exists(tuner.objective_name):
+      return trial
+  return None
+
+
 def write_best_flagfile(tuner, path: str, model_dir: str):
   """The best trial's full resolved config as a flagfile for `vsep_tf.train`. None when no trial completed."""
-  best = tuner.oracle.get_best_trials(1)
-  if not best:
+  trial = best_trial(tuner)
+  if trial is None:
     return None
-  trial = best[0]
   cfg = tuner.trial_flags(trial).replace(model_dir=model_dir)
   value = trial.metrics.get_best_value(tuner.objective_name)
   header = (f"# Best of {len(tuner.oracle.trials)} trials ({tuner.fv.tuner} search, {tuner.project_dir}): trial "
@@ -344,8 +468,8 @@ def search(fv, strategy=None) -> dict:
   out["best"] = write_best_flagfile(tuner, os.path.join(project, "best.flags"), os.path.join(project, "best_model"))
   completed = [r for r in trial_rows(tuner) if r["objective"] is not None]
   out["plot"] = plot_trials(tuner, os.path.join(project, "trials.png")) if completed else None
-  best = tuner.oracle.get_best_trials(1)
-  out["best_value"] = best[0].metrics.get_best_value(tuner.objective_name) if best else None
+  best = best_trial(tuner)
+  out["best_value"] = best.metrics.get_best_value(tuner.objective_name) if best is not None else None
   return out
 
 

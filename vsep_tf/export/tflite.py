@@ -46,12 +46,11 @@ def frozen_chunk_function(saved_model_dir: str):
   return convert_to_constants.convert_variables_to_constants_v2(fn), chunk
 
 
-# Separators whose graphs use ops outside TFLite's builtins (measured: the converter fails on them).
+# Separators whose SavedModel graphs use ops outside TFLite's builtins (measured: the converter fails on them).
 NOT_CONVERTIBLE = {
-    "spectral": "its MAP fit runs on STFT frames (complex RFFT / IRFFT slices) and differentiates GELU (Erfc) "
-                "inside the graph, ops TFLite's builtins lack; serve the SavedModel with TF-Serving, or convert "
-                "a waveform encoder directory (configs/research/toy_supervised.flags)"}
-
+    "spectral": "its SavedModel holds the MAP fit (complex RFFT / IRFFT slices, GELU's derivative: ops TFLite's "
+                "builtins lack); convert its model directory instead (--model_dir=DIR, "
+                "export_spectral_tflite): the one-pass graph of its amortised encoder"}
 
 def _frozen_chunk_module(saved_model_dir: str):
   """A tf.Module whose `separate_chunk` is the export's chunk signature with its variables frozen."""
@@ -66,16 +65,10 @@ def _frozen_chunk_module(saved_model_dir: str):
   return Frozen(), chunk
 
 
-def convert(saved_model_dir: str, quantize: str = "none") -> bytes:
-  """The .tflite flatbuffer of the export's `separate_chunk` signature (input 'mix', output 'sources')."""
+def _convert_module(module, quantize: str) -> bytes:
+  """The .tflite flatbuffer of `module.separate_chunk` (a tf.function over constants only), saved and converted."""
   if quantize not in QUANTIZATIONS:
     raise ValueError(f"quantize must be one of {sorted(QUANTIZATIONS)}, got {quantize!r}")
-  path = saved_model_lib.version_dir(saved_model_dir)
-  method = saved_model_lib.read_metadata(path).get("method")
-  if method in NOT_CONVERTIBLE:
-    raise ValueError(f"{saved_model_dir}: a {method!r} separator does not convert to TFLite: "
-                     f"{NOT_CONVERTIBLE[method]}")
-  module, _ = _frozen_chunk_module(path)
   scratch = tempfile.mkdtemp(prefix="vsep-tflite-")
   try:
     tf.saved_model.save(module, scratch, signatures={SIGNATURE: module.separate_chunk})
@@ -87,6 +80,134 @@ def convert(saved_model_dir: str, quantize: str = "none") -> bytes:
     return converter.convert()
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+def convert(saved_model_dir: str, quantize: str = "none") -> bytes:
+  """The .tflite flatbuffer of the export's `separate_chunk` signature (input 'mix', output 'sources')."""
+  if quantize not in QUANTIZATIONS:
+    raise ValueError(f"quantize must be one of {sorted(QUANTIZATIONS)}, got {quantize!r}")
+  path = saved_model_lib.version_dir(saved_model_dir)
+  method = saved_model_lib.read_metadata(path).get("method")
+  if method in NOT_CONVERTIBLE:
+    raise ValueError(f"{saved_model_dir}: a {method!r} separator does not convert to TFLite: "
+                     f"{NOT_CONVERTIBLE[method]}")
+  module, _ = _frozen_chunk_module(path)
+  return _convert_module(module, quantize)
+
+
+# ------------------------------------------------------------------------------ spectral: the one-pass graph
+ONE_PASS = "one_pass"
+
+
+def one_pass_models(separator, magnitude):
+  """The frame models V_k [B, N, F, bins] of the spectral separator's MAP fit started as in its source_models
+  (amortised encoder, the priors' own encoders, or zero) with no iterations: its one-pass estimate. Calls the
+  separator's encoder and its priors' log_shape only (whatever their architecture)."""
+  from vsep_tf.separators.spectral import EPS  # pylint: disable=import-outside-toplevel
+  s = separator.settings
+  x = tf.convert_to_tensor(magnitude, tf.float32)
+  mass = tf.reduce_sum(x, axis=-1)                                                     # [B, F]
+  priors = list(separator.priors.values())
+  n = len(priors)
+  if s["init"] == "encoder" and separator.encoder is not None:
+    init = getattr(separator, "_encoder_init", None)
+    if init is not None:  # handles a subset of the encoder's classes (--sources) as the separator does
+      z, a = init(x, mass, priors)
+    else:
+      z, _, log_share = separator.encoder(x)
+      a = log_share + tf.math.log(mass + EPS)[:, None]
+  else:
+    a = tf.tile(tf.math.log(mass / n + EPS)[:, None], [1, n, 1])
+    if s["init"] == "encoder":
+      z = tf.stack([p.encode(x)[0] for p in priors], axis=1)
+    else:
+      z = tf.zeros(tf.concat([tf.shape(x)[:1], [n], tf.shape(x)[1:2], [priors[0].latent_dim]], 0))
+  log_shapes = tf.stack([p.log_shape(z[:, k]) for k, p in enumerate(priors)], axis=1)
+  return tf.exp(a[..., None] + log_shapes)
+
+
+def one_pass_separate(separator, mix):
+  """mix [C, T] (T static) -> sources [C, N, T]: the spectral separator's one-pass estimate (no MAP iterations)
+  in TFLite builtins: real-DFT STFT (signal_dft), the fit on the mid channel (the channels' mean, as
+  SpectralPriorSeparator._separate_channels; C = 1 is its mono `separate`), its ratio masks applied to every
+  channel's STFT, overlap-add ISTFT. No complex tensors."""
+  from vsep_tf import signal_dft  # pylint: disable=import-outside-toplevel
+  from vsep_tf.separators.masks import ratio_masks, to_sum_mix  # pylint: disable=import-outside-toplevel
+  n_fft, hop = separator.n_fft, separator.hop
+  length = mix.shape[-1]
+  # min(channels, 0) = 0, unknown to the converter (channels is the dynamic axis): the DFT bases are computed
+  # in the graph, not stored as (quantisable) weights.
+  bases = signal_dft.dft_bases(n_fft, zero=tf.minimum(tf.shape(mix)[0], 0))
+  re, im = signal_dft.stft(to_sum_mix(mix, separator.mix, separator.num_sources), n_fft, hop, bases=bases)
+  mid_re = tf.reduce_mean(re, axis=0, keepdims=True)
+  mid_im = tf.reduce_mean(im, axis=0, keepdims=True)
+  magnitude = tf.sqrt(tf.square(mid_re) + tf.square(mid_im))                           # [1, F, bins]
+  masks = ratio_masks(one_pass_models(separator, magnitude), separator.settings["mask_power"])  # [1, N, F, bins]
+  return signal_dft.istft(masks * re[:, None], masks * im[:, None], n_fft, hop, length=length, bases=bases)
+
+
+def _frozen_one_pass_module(separator, chunk_length: int):
+  """A tf.Module whose `separate_chunk` (mix [channels, chunk] -> sources [channels, N, chunk]) is the one-pass
+  graph with the networks' variables frozen to constants."""
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=import-outside-toplevel
+  fn = tf.function(lambda mix: one_pass_separate(separator, mix))
+  concrete = fn.get_concrete_function(tf.TensorSpec([None, chunk_length], tf.float32, name="mix"))
+  frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
+
+  class Frozen(tf.Module):
+
+    @tf.function(input_signature=[tf.TensorSpec([None, chunk_length], tf.float32, name="mix")])
+    def separate_chunk(self, mix):
+      return {"sources": frozen(mix)[0]}
+
+  return Frozen()
+
+
+def one_pass_separator(model_dir: str, overrides=()):
+  """The spectral separator of a model directory as its one-pass form (--spectral_search.iterations=0)."""
+  from vsep_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
+  separator = model_dir_lib.load_separator(model_dir, list(overrides) + ["--spectral_search.iterations=0"])
+  if getattr(separator, "method", None) != "spectral":
+    raise ValueError(f"{model_dir}: a {getattr(separator, 'method', '?')!r} separator; --model_dir conversion "
+                     "is for spectral separators (--job=spectral or spectral_encoder); convert other models' "
+                     "SavedModel export (--saved_model_dir)")
+  return separator
+
+
+def export_spectral_tflite(separator, output_dir: str, name: str, quantizations=("none", "dynamic"),
+                           chunk_length: int = None, saved_model_dir: str = None, model_dir: str = None) -> dict:
+  """Writes <output_dir>/<name>_<f32|dynamic|f16>.tflite (+ .json) of a spectral separator's ONE-PASS graph
+  (one_pass_separate: input mix [channels, chunk], output sources [channels, N, chunk]); {quantize: path}.
+
+  separator: a SpectralPriorSeparator (its settings' iterations are ignored: the graph has none; the metadata
+  says iterations=0 and graph='one_pass'). chunk_length: default the SavedModel's (saved_model_dir given), else
+  the separator's. saved_model_dir / model_dir: recorded in the metadata (the SavedModel keeps the full MAP fit)."""
+  meta = (saved_model_lib.read_metadata(saved_model_dir) if saved_model_dir
+          else saved_model_lib.metadata_of(separator, chunk_length or separator.chunk_length))
+  chunk = int(chunk_length or meta["chunk_length"])
+  describe = json.loads(json.dumps(separator.describe(), default=str))
+  describe["iterations"] = 0
+  meta = dict(meta, chunk_length=chunk, chunk_overlap=int(min(separator.chunk_overlap, chunk // 2)),
+              graph=ONE_PASS, describe=describe, stereo=describe.get("stereo", "mid"),
+              inputs={"mix": "float32 [channels, chunk_length] at sample_rate (one track's channels)"},
+              outputs={"sources": "float32 [channels, num_sources, chunk_length]"},
+              note="TFLite form of a spectral separator: the amortised encoder's one forward pass, no MAP "
+                   "iterations (--spectral_search.iterations=0); the masks of the channels' mean applied to "
+                   "every channel. The SavedModel export keeps the full separator.")
+  if saved_model_dir:
+    meta["source_saved_model"] = os.path.abspath(saved_model_lib.version_dir(saved_model_dir))
+  if model_dir:
+    meta["source_model_dir"] = os.path.abspath(model_dir)
+  module = _frozen_one_pass_module(separator, chunk)
+  paths = {}
+  for q in quantizations:
+    data = _convert_module(module, q)
+    path = os.path.join(output_dir, f"{name}_{QUANTIZATIONS[q]}.tflite")
+    info = dict(meta, quantization=q, signature=SIGNATURE, size_bytes=len(data))
+    _atomic_write(metadata_path(path), json.dumps(info, indent=2, sort_keys=True).encode("utf-8"))
+    _atomic_write(path, data)
+    paths[q] = path
+  return paths
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -137,17 +258,23 @@ def make_interpreter(model_path: str = None, model_content: bytes = None, num_th
 
 
 class TFLiteSeparator(Separator):
-  """A .tflite export (signature separate_chunk: mix [1, chunk] -> sources [1, N, chunk]) as a Separator.
+  """A .tflite export as a Separator. Signature separate_chunk: mix [1, chunk] -> sources [1, N, chunk] (a
+  waveform encoder), or, for a spectral separator's one-pass graph (metadata graph='one_pass'), mix
+  [channels, chunk] -> sources [channels, N, chunk] (one track's channels: masks from their mean).
 
   separate(mix [batch, time <= chunk]) runs the rows one by one, zero-padded to the chunk length (the model is
-  fixed-shape); longer signals go through separate_long / separate_stream with chunk_length <= the chunk.
+  fixed-length); separate_channels(mix [batch, channels, time]) passes a one-pass graph each item's channels
+  together (stereo='mid'), otherwise every channel on its own. Longer signals go through separate_long /
+  separate_stream (vsep_tf.inference) with chunk_length <= the chunk.
   """
 
   def __init__(self, path: str, num_threads: int = None):
     self.path = path
     with open(metadata_path(path), encoding="utf-8") as f:
       self.meta = json.load(f)
-    self.method = f"tflite-{self.meta['quantization']}/{self.meta['method']}"
+    self.graph = self.meta.get("graph", "chunk")
+    suffix = f" {self.graph}" if self.graph == ONE_PASS else ""
+    self.method = f"tflite-{self.meta['quantization']}/{self.meta['method']}{suffix}"
     self.source_names = tuple(self.meta["source_names"])
     self.sample_rate = int(self.meta["sample_rate"])
     self.mix = self.meta["mix"]
@@ -160,6 +287,24 @@ class TFLiteSeparator(Separator):
     return separate_fixed_rows(lambda row: self._runner(mix=row)["sources"], mix, self.chunk_length,
                                self.num_sources)
 
+  def separate_channels(self, mix) -> np.ndarray:
+    mix = np.asarray(mix, np.float32)
+    if mix.ndim != 3:
+      raise ValueError(f"separate_channels takes [batch, channels, time], got shape {mix.shape}")
+    if self.graph != ONE_PASS or self.meta.get("stereo", "mid") != "mid" or mix.shape[1] == 1:
+      return super().separate_channels(mix)
+    b, c, t = mix.shape
+    if t > self.chunk_length:
+      raise ValueError(f"this model takes at most {self.chunk_length} samples per channel, got {t}; use "
+                       "separate_stream")
+    out = np.zeros([b, c, self.num_sources, t], np.float32)
+    chunk = np.zeros([c, self.chunk_length], np.float32)
+    for i in range(b):
+      chunk[:] = 0.0
+      chunk[:, :t] = mix[i]
+      out[i] = np.asarray(self._runner(mix=chunk)["sources"])[:, :, :t]
+    return out
+
 
 def main(argv):
   from absl import flags  # pylint: disable=import-outside-toplevel
@@ -167,15 +312,23 @@ def main(argv):
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     return 2
-  if not fv.saved_model_dir or not fv.output_dir:
-    print("error: --saved_model_dir and --output_dir are required", file=sys.stderr)
+  if not (fv.saved_model_dir or fv.model_dir) or not fv.output_dir:
+    print("error: --output_dir and --saved_model_dir or (a spectral separator) --model_dir are required",
+          file=sys.stderr)
     return 2
   bad = [q for q in fv.quantize if q not in QUANTIZATIONS]
   if bad:
     print(f"error: --quantize: unknown {bad}; choose from {sorted(QUANTIZATIONS)}", file=sys.stderr)
     return 2
   try:
-    paths = export_tflite(fv.saved_model_dir, fv.output_dir, fv.name, fv.quantize)
+    if fv.model_dir:
+      separator = one_pass_separator(fv.model_dir, fv.model_override)
+      name = fv.name or (os.path.basename(os.path.normpath(fv.saved_model_dir)) if fv.saved_model_dir
+                         else os.path.basename(os.path.normpath(fv.model_dir)))
+      paths = export_spectral_tflite(separator, fv.output_dir, name, fv.quantize, fv.chunk_length or None,
+                                     saved_model_dir=fv.saved_model_dir or None, model_dir=fv.model_dir)
+    else:
+      paths = export_tflite(fv.saved_model_dir, fv.output_dir, fv.name, fv.quantize)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -187,6 +340,11 @@ def main(argv):
 def _define_flags():
   from absl import flags  # pylint: disable=import-outside-toplevel
   flags.DEFINE_string("saved_model_dir", None, "An export of vsep_tf.export.saved_model (BASE/NAME or a version).")
+  flags.DEFINE_string("model_dir", None, "A spectral separator's model directory (--job=spectral or "
+                      "spectral_encoder, e.g. pretrained/band): converts its one-pass graph (no MAP iterations).")
+  flags.DEFINE_multi_string("model_override", [], "'--name=value' replacing a flag saved in --model_dir.")
+  flags.DEFINE_integer("chunk_length", 0, "Fixed chunk of the --model_dir graph (0: the SavedModel's if "
+                       "--saved_model_dir is given, else the separator's).")
   flags.DEFINE_string("output_dir", None, "Where the .tflite files go.")
   flags.DEFINE_string("name", None, "File name prefix (default: the export's model name).")
   flags.DEFINE_list("quantize", ["none", "dynamic"], f"Variants: {', '.join(QUANTIZATIONS)}.")

@@ -239,6 +239,15 @@ class NMFSeparator(Separator):
     masked = tf.cast(np.stack(masks), tf.complex64) * spec[:, None]
     return signal_lib.istft(masked, self.n_fft, self.hop, length=length)
 
+  def subset(self, names: Sequence[str]) -> "NMFSeparator":
+    """The separator of only these classes' dictionaries, in this order (a mix of a subset of the classes)."""
+    unknown = [n for n in names if n not in self.source_names]
+    if unknown:
+      raise ValueError(f"unknown source(s) {unknown}; available: {', '.join(self.source_names)}")
+    index = [self.source_names.index(n) for n in names]
+    return NMFSeparator(self.dictionaries[index], names, self.sample_rate, self.mix, n_fft=self.n_fft, hop=self.hop,
+                        iterations=self.iterations, power=self.power, seed=self.seed)
+
   # --- persistence ---------------------------------------------------------------------------------------
 
   def save(self, path: str, extra: Optional[Dict[str, float]] = None):

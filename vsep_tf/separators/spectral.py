@@ -31,6 +31,13 @@ z ~ q (reparameterised). Its means and shares are then the MAP fit's starting po
 encoder present), and with iterations=0 the separation is one forward pass.
 
 Frames are independent: long inputs are cut into chunks (`chunk_length`) with no loss but the cross-fade.
+
+Priors compose (model_dir.load_separator(..., sources=, extra_priors=)): the fit takes any set of priors, so a mix
+of a subset of the classes is separated with those priors only (their estimates add up to it), and a prior
+trained on its own can be added. `encoder_sources` maps every prior to the amortised encoder's class it starts
+from: the encoder's latents for those classes and their mass shares renormalised over the subset (log shares
+minus their logsumexp); a prior the encoder does not know (None) starts from its own encoder with an equal
+share 1 / N of every frame's mass, the known classes sharing the rest.
 """
 from __future__ import annotations
 
@@ -42,11 +49,13 @@ import tensorflow as tf
 
 from vsep_tf import signal as signal_lib
 from vsep_tf.data import mixing
+from vsep_tf.layers.wavenet import WaveNet
 from vsep_tf.priors.spectral import normalised_log_spectrum
 from vsep_tf.separators.base import Separator
 from vsep_tf.separators.masks import masks_to_sources, ratio_masks, to_sum_mix
 
 INITS = ("encoder", "zero")
+ENCODER_ARCHS = ("conv", "wavenet")
 STEREO = ("mid", "independent")
 EPS = 1e-8
 
@@ -85,26 +94,47 @@ class SpectralEncoder(keras.Model):
   """q(z_k | X) and the classes' mass shares for every frame of a mixture (module docstring)."""
 
   def __init__(self, num_sources: int, bins: int, latent_dim: int, hidden_units: int = 512,
-               context_frames: int = 2, **kwargs):
+               context_frames: int = 2, arch: str = "conv", wavenet_blocks: int = 2, wavenet_layers: int = 6,
+               **kwargs):
     super().__init__(**kwargs)
     self.num_sources, self.bins, self.latent_dim = int(num_sources), int(bins), int(latent_dim)
     self.hidden_units, self.context_frames = int(hidden_units), int(context_frames)
-    self.context = keras.layers.Conv1D(self.hidden_units, 2 * self.context_frames + 1, padding="same",
-                                       activation="gelu", name="context")
-    self.hidden = keras.layers.Dense(self.hidden_units, activation="gelu", name="hidden")
-    self.head = keras.layers.Dense(self.num_sources * (2 * self.latent_dim + 1), name="head")
-    self.context.build((None, None, self.bins + 1))
-    self.hidden.build((None, None, self.hidden_units))
-    self.head.build((None, None, self.hidden_units))
+    self.arch, self.wavenet_blocks, self.wavenet_layers = str(arch), int(wavenet_blocks), int(wavenet_layers)
+    outputs = self.num_sources * (2 * self.latent_dim + 1)
+    if self.arch == "conv":
+      self.context = keras.layers.Conv1D(self.hidden_units, 2 * self.context_frames + 1, padding="same",
+                                         activation="gelu", name="context")
+      self.hidden = keras.layers.Dense(self.hidden_units, activation="gelu", name="hidden")
+      self.head = keras.layers.Dense(outputs, name="head")
+      self.context.build((None, None, self.bins + 1))
+      self.hidden.build((None, None, self.hidden_units))
+      self.head.build((None, None, self.hidden_units))
+    elif self.arch == "wavenet":
+      # Non-causal WaveNet over the frame sequence: gated dilated convolutions (3 taps, dilations 1 .. 2^(L-1)
+      # per block), receptive field 2 * blocks * (2^L - 1) + 1 frames.
+      self.trunk = WaveNet(num_blocks=self.wavenet_blocks, num_layers=self.wavenet_layers,
+                           residual_channels=self.hidden_units, skip_channels=self.hidden_units,
+                           out_channels=outputs, kernel_size=3, causal=False, name="trunk")
+      self.trunk.build((None, None, self.bins + 1))
+    else:
+      raise ValueError(f"arch={arch!r}; choose from {ENCODER_ARCHS}")
     self.built = True
+
+  @property
+  def receptive_field_frames(self) -> int:
+    """Frames of mixture one frame's output sees."""
+    return self.trunk.receptive_field if self.arch == "wavenet" else 2 * self.context_frames + 1
 
   def call(self, x, training=False):
     """Mixture magnitudes x [B, F, bins] -> (mu, logvar [B, N, F, d], log mass share [B, N, F])."""
     x = tf.convert_to_tensor(x, tf.float32)
     mass = tf.reduce_sum(x, axis=-1, keepdims=True)
     level = tf.math.log(mass / (tf.reduce_mean(mass, axis=1, keepdims=True) + EPS) + 1e-4)  # relative loudness
-    shape = normalised_log_spectrum(x)
-    h = self.head(self.hidden(self.context(tf.concat([shape, level], axis=-1))))
+    features = tf.concat([normalised_log_spectrum(x), level], axis=-1)
+    if self.arch == "wavenet":
+      h = self.trunk(features)
+    else:
+      h = self.head(self.hidden(self.context(features)))
     b, f = tf.shape(x)[0], tf.shape(x)[1]
     h = tf.transpose(tf.reshape(h, [b, f, self.num_sources, 2 * self.latent_dim + 1]), [0, 2, 1, 3])
     mu, logvar, share = tf.split(h, [self.latent_dim, self.latent_dim, 1], axis=-1)
@@ -119,14 +149,26 @@ class SpectralEncoder(keras.Model):
   def get_config(self):
     config = super().get_config()
     config.update(num_sources=self.num_sources, bins=self.bins, latent_dim=self.latent_dim,
-                  hidden_units=self.hidden_units, context_frames=self.context_frames)
+                  hidden_units=self.hidden_units, context_frames=self.context_frames, arch=self.arch,
+                  wavenet_blocks=self.wavenet_blocks, wavenet_layers=self.wavenet_layers)
     return config
 
 
-def build_spectral_encoder(hidden_units: int = 512, context_frames: int = 2):
+def build_spectral_encoder(hidden_units: int = 512, context_frames: int = 2, arch: str = "conv",
+                           wavenet_blocks: int = 2, wavenet_layers: int = 6):
   """The amortised encoder's settings (flags --spectral_encoder.<name>); the sizes of the priors fill the rest:
-  SpectralEncoder(num_sources, bins, latent_dim, **build_spectral_encoder(...))."""
-  return dict(hidden_units=int(hidden_units), context_frames=int(context_frames))
+  SpectralEncoder(num_sources, bins, latent_dim, **build_spectral_encoder(...)).
+
+  arch 'conv': one convolution over +-context_frames frames, then a dense layer (hidden_units wide).
+  arch 'wavenet': a non-causal WaveNet stack over the frames (hidden_units residual / skip channels,
+  wavenet_blocks x wavenet_layers gated blocks, 3-tap dilated convolutions; context_frames unused)."""
+  if arch not in ENCODER_ARCHS:
+    raise ValueError(f"arch={arch!r}; choose from {ENCODER_ARCHS}")
+  if hidden_units < 1 or context_frames < 0 or wavenet_blocks < 1 or wavenet_layers < 1:
+    raise ValueError("hidden_units, wavenet_blocks, wavenet_layers >= 1 and context_frames >= 0 required, got "
+                     f"{hidden_units}, {wavenet_blocks}, {wavenet_layers}, {context_frames}")
+  return dict(hidden_units=int(hidden_units), context_frames=int(context_frames), arch=str(arch),
+              wavenet_blocks=int(wavenet_blocks), wavenet_layers=int(wavenet_layers))
 
 
 class SpectralPriorSeparator(Separator):
@@ -136,7 +178,7 @@ class SpectralPriorSeparator(Separator):
 
   def __init__(self, priors: dict, sample_rate: int, mix: str, iterations: int = 300, learning_rate: float = 0.05,
                prior_weight: float = 1.0, mask_power: float = 2.0, init: str = "encoder", stereo: str = "mid",
-               chunk_length: int = 2 ** 18, encoder: "SpectralEncoder" = None):
+               chunk_length: int = 2 ** 18, encoder: "SpectralEncoder" = None, encoder_sources=None):
     self.priors = dict(priors)
     if not self.priors:
       raise ValueError("no priors")
@@ -151,12 +193,59 @@ class SpectralPriorSeparator(Separator):
         raise ValueError(f"prior {name!r} has a different STFT or concentration from {self.source_names[0]!r}")
     self.n_fft, self.hop, self.concentration = first.n_fft, first.hop, first.concentration
     self.encoder = encoder  # amortised q(z | X) (--job=spectral_encoder) or None: the priors' own encoders
-    if encoder is not None and encoder.num_sources != len(self.priors):
-      raise ValueError(f"the encoder has {encoder.num_sources} sources, the priors {len(self.priors)}")
+    self.encoder_sources = self._check_encoder_sources(encoder, encoder_sources)
     self.chunk_length = int(chunk_length)
     self.chunk_overlap = self.chunk_length // 16
     self._fn = tf.function(self._separate, reduce_retracing=True)
     self._channels_fn = tf.function(self._separate_channels, reduce_retracing=True)
+
+  # ------------------------------------------------------------- subsets of the encoder's classes (compose)
+  def _check_encoder_sources(self, encoder, encoder_sources):
+    """encoder_sources: for every prior (in order) the index of the amortised encoder's class it starts from,
+    or None (a prior the encoder was not trained for: it starts from its own encoder, like init='encoder'
+    without an amortised encoder). Default: the encoder's classes in order, one per prior. A subset of the
+    encoder's classes (a mix of fewer classes than it was trained on) takes their latents and their mass
+    shares renormalised over the subset; added priors get an equal share 1 / N of every frame's mass."""
+    if encoder is None:
+      if encoder_sources is not None:
+        raise ValueError("encoder_sources needs an amortised encoder")
+      return None
+    if encoder_sources is None:
+      if encoder.num_sources != len(self.priors):
+        raise ValueError(f"the encoder has {encoder.num_sources} sources, the priors {len(self.priors)}")
+      return tuple(range(len(self.priors)))
+    index = tuple(None if i is None else int(i) for i in encoder_sources)
+    used = [i for i in index if i is not None]
+    if len(index) != len(self.priors):
+      raise ValueError(f"encoder_sources has {len(index)} entries, the priors {len(self.priors)}")
+    if not used or len(set(used)) != len(used) or not all(0 <= i < encoder.num_sources for i in used):
+      raise ValueError(f"encoder_sources={index}: distinct indices of the encoder's {encoder.num_sources} "
+                       "classes (None: a prior it does not know), at least one, required")
+    return index
+
+  def _encoder_subset(self) -> bool:
+    """True if the priors are not exactly the amortised encoder's classes in its order."""
+    return self.encoder is not None and self.encoder_sources != tuple(range(self.encoder.num_sources))
+
+  def _encoder_init(self, x, mass, priors):
+    """(z [B, N, F, d], log-gains a [B, N, F]) from the amortised encoder for the subset encoder_sources."""
+    z_all, _, log_share_all = self.encoder(x)
+    if not self._encoder_subset():
+      return z_all, log_share_all + tf.math.log(mass + EPS)[:, None]  # the encoder's own classes, unchanged
+    n, known = len(priors), [i for i in self.encoder_sources if i is not None]
+    log_share = tf.gather(log_share_all, known, axis=1)
+    log_share = log_share - tf.reduce_logsumexp(log_share, axis=1, keepdims=True)  # renormalised over the subset
+    log_share += tf.math.log(len(known) / n)  # priors the encoder does not know get 1 / N of the mass each
+    zs, shares, j = [], [], 0
+    for k, i in enumerate(self.encoder_sources):
+      if i is None:
+        zs.append(priors[k].encode(x)[0])
+        shares.append(tf.fill(tf.shape(mass), tf.math.log(1.0 / n)))
+      else:
+        zs.append(z_all[:, i])
+        shares.append(log_share[:, j])
+        j += 1
+    return tf.stack(zs, axis=1), tf.stack(shares, axis=1) + tf.math.log(mass + EPS)[:, None]
 
   # ------------------------------------------------------------------------------------------------ core
   def source_models(self, magnitude):
@@ -169,8 +258,7 @@ class SpectralPriorSeparator(Separator):
     n = len(priors)
     a = tf.tile(tf.math.log(mass / n + EPS)[:, None], [1, n, 1])               # [B, N, F]
     if s["init"] == "encoder" and self.encoder is not None:
-      z, _, log_share = self.encoder(x)
-      a = log_share + tf.math.log(mass + EPS)[:, None]
+      z, a = self._encoder_init(x, mass, priors)
     elif s["init"] == "encoder":
       z = tf.stack([p.encode(x)[0] for p in priors], axis=1)                  # [B, N, F, d]
     else:
@@ -234,4 +322,6 @@ class SpectralPriorSeparator(Separator):
 
   def describe(self) -> dict:
     return {**super().describe(), "n_fft": self.n_fft, "hop": self.hop, "concentration": self.concentration,
-            "amortised_encoder": self.encoder is not None, **self.settings}
+            "amortised_encoder": self.encoder is not None,
+            **({"encoder_sources": list(self.encoder_sources)} if self._encoder_subset() else {}),
+            **self.settings}

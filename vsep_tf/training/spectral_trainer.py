@@ -15,20 +15,28 @@ from vsep_tf import model_dir as model_dir_lib
 from vsep_tf import registry
 from vsep_tf import signal as signal_lib
 from vsep_tf.data.solo import solo_audio, solo_frames
-from vsep_tf.priors.spectral import build_spectral_prior, gaussian_kl
+from vsep_tf.priors.spectral import gaussian_kl
 from vsep_tf.separators import spectral
 from vsep_tf.separators.masks import to_sum_mix
 from vsep_tf.training.trainer import Trainer
 
 
 class SpectralPriorTrainer(Trainer):
-  """Trains {source_name: SpectralPrior} on solo frames. Build it, then call `train()`."""
+  """Trains {source_name: SpectralPrior} (--spectral_prior=vae: negative ELBO per frame) or
+  {source_name: SpectralFlowPrior} (--spectral_prior=flow: exact NLL per frame of the noised features, after a
+  data-dependent init of the flows' normalisations on the first batch) on solo frames. Build it, then call
+  `train()`."""
 
   def build_models(self):
-    kwargs = registry.factory_kwargs(self.cfg, "spectral")
-    self.priors = {name: build_spectral_prior(**kwargs) for name in self.source_names}
+    self.priors = registry.build_spectral_priors(self.cfg, self.source_names)
     self.variables = [v for p in self.priors.values() for v in p.trainable_variables]
     return {"priors": self.priors}
+
+  def on_first_batch(self, batch):
+    """Data-dependent init of a fresh run's flow priors (ActNorm / FeatureNorm); the VAE needs none."""
+    for name, prior in self.priors.items():
+      if hasattr(prior, "initialize"):
+        prior.initialize(batch[name])
 
   def solo_frames(self):
     """{class: float32 [frames, bins]}: the non-silent magnitude frames of the class's solo train audio."""
@@ -112,10 +120,15 @@ class SpectralEncoderTrainer(Trainer):
     x = tf.abs(signal_lib.stft(mix, self.n_fft, self.hop))
     with tf.GradientTape() as tape:
       mu, logvar, log_share = self.encoder(x, training=True)
-      z = mu + tf.exp(0.5 * logvar) * tf.random.normal(tf.shape(mu))
       a = log_share + tf.math.log(tf.reduce_sum(x, axis=-1) + 1e-8)[:, None]
-      _, data = self.objective(list(self.priors.values()), x, z, a, self.concentration)
-      kl = tf.reduce_sum(gaussian_kl(mu, logvar), axis=[1, 2])
+      if self.cfg.encoder_objective == "map":
+        # The MAP fit's objective at the encoder's means: the one pass lands where the fit would go.
+        _, data = self.objective(list(self.priors.values()), x, mu, a, self.concentration)
+        kl = 0.5 * self.cfg["spectral_search.prior_weight"] * tf.reduce_sum(tf.square(mu), axis=[1, 2, 3])
+      else:
+        z = mu + tf.exp(0.5 * logvar) * tf.random.normal(tf.shape(mu))
+        _, data = self.objective(list(self.priors.values()), x, z, a, self.concentration)
+        kl = tf.reduce_sum(gaussian_kl(mu, logvar), axis=[1, 2])
       per_mix = {"data": data, "kl": kl, "total_loss": data + kl}
       losses = {k: tf.nn.compute_average_loss(v, global_batch_size=self.global_batch) for k, v in per_mix.items()}
     self.apply_gradients(tape, losses["total_loss"])
