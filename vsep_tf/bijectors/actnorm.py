@@ -18,7 +18,8 @@ class ActNorm(tfb.Bijector):
       y[b, t, c] = (x[b, t, c] + loc[c]) * exp(log_scale[c])
       log|det dy/dx| = T * sum_c log_scale[c]          (per example: [batch])
 
-  loc, log_scale: [C] tensors. Event ndims 2 ([time, channels]). Forward is data -> latent.
+  loc, log_scale: [C] tensors, or [T, C] for a per-element affine map (log|det| = sum_{t,c} log_scale[t, c]).
+  Event ndims 2 ([time, channels]). Forward is data -> latent.
   """
 
   def __init__(self, loc, log_scale, validate_args=False, name="act_norm"):
@@ -46,13 +47,15 @@ class ActNorm(tfb.Bijector):
   def _inverse(self, y):
     return y * tf.exp(-self._log_scale) - self._loc
 
+  def _log_det(self, x):
+    """sum of log_scale broadcast over one event [T, C] (T * sum for per-channel parameters)."""
+    return tf.reduce_sum(tf.broadcast_to(self._log_scale, tf.shape(x)[-2:]))
+
   def _forward_log_det_jacobian(self, x):
-    t = tf.cast(tf.shape(x)[-2], x.dtype)
-    return tf.fill(tf.shape(x)[:-2], t * tf.reduce_sum(self._log_scale))
+    return tf.fill(tf.shape(x)[:-2], self._log_det(x))
 
   def _inverse_log_det_jacobian(self, y):
-    t = tf.cast(tf.shape(y)[-2], y.dtype)
-    return tf.fill(tf.shape(y)[:-2], -t * tf.reduce_sum(self._log_scale))
+    return tf.fill(tf.shape(y)[:-2], -self._log_det(y))
 
 
 def actnorm_init_values(x, min_std=1e-3):

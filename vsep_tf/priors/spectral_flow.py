@@ -18,7 +18,7 @@ the density of the first F features; the Nyquist bin's feature is not modelled.
 The flow f (forward = normalising direction y -> z, the project's bijector convention, vsep_tf/bijectors):
 
     y [B, F] -> [B, F, 1]
-    FeatureNorm                                     per-bin affine (data-dependent init: each bin to zero mean, unit
+    FeatureNormLayer (ActNorm, per element)         per-bin affine (data-dependent init: each bin to zero mean, unit
                                                     variance), log-det sum(log_scale); F loc + F log-scale weights
     Squeeze(squeeze)                                [B, F / squeeze, squeeze]: `squeeze` adjacent bins per position
     block b = 0 .. num_blocks - 1 (block b > 0 starts with Squeeze(2): half the positions, twice the channels):
@@ -60,7 +60,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from vsep_tf.bijectors.actnorm import ActNormLayer
+from vsep_tf.bijectors.actnorm import ActNorm, ActNormLayer
 from vsep_tf.bijectors.affine_coupling import AffineCoupling
 from vsep_tf.bijectors.invertible_conv import InvertibleConv1x1Layer
 from vsep_tf.bijectors.squeeze import Squeeze
@@ -74,37 +74,10 @@ ENCODE_LOGVAR = -10.0                        # encode()'s constant log-variance 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-class FeatureNorm(tfb.Bijector):
-  """Per-element affine map on [batch, T, C]: y = (x + loc) * exp(log_scale), loc and log_scale [T, C];
-  log|det dy/dx| = sum(log_scale) per example. Event ndims 2."""
-
-  def __init__(self, loc, log_scale, validate_args=False, name="feature_norm"):
-    parameters = dict(locals())
-    self._loc = tf.convert_to_tensor(loc, dtype_hint=tf.float32)
-    self._log_scale = tf.convert_to_tensor(log_scale, dtype=self._loc.dtype)
-    super().__init__(forward_min_event_ndims=2, is_constant_jacobian=True, validate_args=validate_args,
-                     parameters=parameters, name=name)
-
-  @classmethod
-  def _parameter_properties(cls, dtype, num_classes=None):
-    return {}
-
-  def _forward(self, x):
-    return (x + self._loc) * tf.exp(self._log_scale)
-
-  def _inverse(self, y):
-    return y * tf.exp(-self._log_scale) - self._loc
-
-  def _forward_log_det_jacobian(self, x):
-    return tf.fill(tf.shape(x)[:-2], tf.reduce_sum(self._log_scale))
-
-  def _inverse_log_det_jacobian(self, y):
-    return tf.fill(tf.shape(y)[:-2], -tf.reduce_sum(self._log_scale))
-
-
 @keras.saving.register_keras_serializable(package="vsep_tf")
 class FeatureNormLayer(keras.layers.Layer):
-  """Owns FeatureNorm's loc and log_scale [T, C] (identity until `initialize`)."""
+  """Owns the per-bin loc and log_scale [T, C] of the first step, an ActNorm with per-element parameters (identity
+  until `initialize`)."""
 
   def __init__(self, length, channels, min_std=1e-2, **kwargs):
     super().__init__(**kwargs)
@@ -114,7 +87,7 @@ class FeatureNormLayer(keras.layers.Layer):
     self.built = True
 
   def bijector(self, name="feature_norm"):
-    return FeatureNorm(tf.convert_to_tensor(self.loc), tf.convert_to_tensor(self.log_scale), name=name)
+    return ActNorm(tf.convert_to_tensor(self.loc), tf.convert_to_tensor(self.log_scale), name=name)  # per element
 
   def initialize(self, x):
     """Every element of x [batch, T, C] to zero mean and unit variance over the batch."""
@@ -261,7 +234,7 @@ class SpectralFlowPrior(keras.Model):
     return tf.reshape(x, [-1, self.latent_dim])
 
   def initialize(self, v):
-    """Data-dependent init (FeatureNorm, then every ActNorm on its own input) from magnitude frames v [N, bins]
+    """Data-dependent init (the per-bin step, then every ActNorm on its own input) from magnitude frames v [N, bins]
     (noised as in training). Sets `initialized`."""
     y = self.features(v)
     if self.noise_std > 0:
