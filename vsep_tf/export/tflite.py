@@ -103,25 +103,9 @@ def one_pass_models(separator, magnitude):
   """The frame models V_k [B, N, F, bins] of the spectral separator's MAP fit started as in its source_models
   (amortised encoder, the priors' own encoders, or zero) with no iterations: its one-pass estimate. Calls the
   separator's encoder and its priors' log_shape only (whatever their architecture)."""
-  from vsep_tf.separators.spectral import EPS  # pylint: disable=import-outside-toplevel
-  s = separator.settings
   x = tf.convert_to_tensor(magnitude, tf.float32)
-  mass = tf.reduce_sum(x, axis=-1)                                                     # [B, F]
   priors = list(separator.priors.values())
-  n = len(priors)
-  if s["init"] == "encoder" and separator.encoder is not None:
-    init = getattr(separator, "_encoder_init", None)
-    if init is not None:  # handles a subset of the encoder's classes (--sources) as the separator does
-      z, a = init(x, mass, priors)
-    else:
-      z, _, log_share = separator.encoder(x)
-      a = log_share + tf.math.log(mass + EPS)[:, None]
-  else:
-    a = tf.tile(tf.math.log(mass / n + EPS)[:, None], [1, n, 1])
-    if s["init"] == "encoder":
-      z = tf.stack([p.encode(x)[0] for p in priors], axis=1)
-    else:
-      z = tf.zeros(tf.concat([tf.shape(x)[:1], [n], tf.shape(x)[1:2], [priors[0].latent_dim]], 0))
+  z, a = separator.initial_latents(x)  # the fit's own start (a subset of the encoder's classes included)
   log_shapes = tf.stack([p.log_shape(z[:, k]) for k, p in enumerate(priors)], axis=1)
   return tf.exp(a[..., None] + log_shapes)
 

@@ -248,21 +248,28 @@ class SpectralPriorSeparator(Separator):
     return tf.stack(zs, axis=1), tf.stack(shares, axis=1) + tf.math.log(mass + EPS)[:, None]
 
   # ------------------------------------------------------------------------------------------------ core
+  def initial_latents(self, x):
+    """The fit's start for magnitude spectrograms x [B, F, bins]: (z [B, N, F, d], log-gains a [B, N, F]) from
+    the amortised encoder (init='encoder' with one), the priors' own encoders, or z = 0 (equal gains)."""
+    mass = tf.reduce_sum(x, axis=-1)                                           # [B, F]
+    priors = list(self.priors.values())
+    n = len(priors)
+    if self.settings["init"] == "encoder" and self.encoder is not None:
+      return self._encoder_init(x, mass, priors)
+    a = tf.tile(tf.math.log(mass / n + EPS)[:, None], [1, n, 1])               # [B, N, F]
+    if self.settings["init"] == "encoder":
+      z = tf.stack([p.encode(x)[0] for p in priors], axis=1)                  # [B, N, F, d]
+    else:
+      z = tf.zeros(tf.concat([tf.shape(x)[:1], [n], tf.shape(x)[1:2], [priors[0].latent_dim]], 0))
+    return z, a
+
   def source_models(self, magnitude):
     """The fitted frame models V_k = exp(a_k) softmax(f_k(z_k)) of magnitude spectrograms [batch, frames,
     bins]: float32 [batch, N, frames, bins]."""
     s = self.settings
     x = tf.convert_to_tensor(magnitude, tf.float32)
-    mass = tf.reduce_sum(x, axis=-1)                                           # [B, F]
     priors = list(self.priors.values())
-    n = len(priors)
-    a = tf.tile(tf.math.log(mass / n + EPS)[:, None], [1, n, 1])               # [B, N, F]
-    if s["init"] == "encoder" and self.encoder is not None:
-      z, a = self._encoder_init(x, mass, priors)
-    elif s["init"] == "encoder":
-      z = tf.stack([p.encode(x)[0] for p in priors], axis=1)                  # [B, N, F, d]
-    else:
-      z = tf.zeros(tf.concat([tf.shape(x)[:1], [n], tf.shape(x)[1:2], [priors[0].latent_dim]], 0))
+    z, a = self.initial_latents(x)
 
     def loss(z, a):
       _, data = mixture_objective(priors, x, z, a, self.concentration)
