@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from concurrent import futures
 
 import grpc
 import numpy as np
@@ -48,6 +50,27 @@ def server(export_base):
   srv, port = dev_server.serve(os.path.join(export_base, "toy"), "toy", port=0, host="127.0.0.1")
   yield f"127.0.0.1:{port}"
   srv.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def batching(export_base):
+  """(DevServer, target) of a second stand-in with server-side batching: batches of up to 4 rows, a long timeout
+  (0.2 s) so that concurrent requests surely meet, 8 request threads (a batch holds at most that many)."""
+  srv, port = dev_server.serve(os.path.join(export_base, "toy"), "toy", port=0, host="127.0.0.1", max_workers=8,
+                               enable_batching=True, max_batch_size=4, batch_timeout_micros=200_000)
+  yield srv, f"127.0.0.1:{port}"
+  srv.stop(grace=None)
+  assert not srv.batcher._thread.is_alive()  # pylint: disable=protected-access  # stopped with the server
+
+
+@pytest.fixture(scope="module")
+def batching_server(batching):
+  return batching[1]
+
+
+def _batched_requests(batcher) -> int:
+  """Requests the batcher has run so far (merged or alone)."""
+  return sum(size * count for size, count in batcher.batch_sizes.items())
 
 
 # ------------------------------------------------------------------------------------------ SavedModel
@@ -190,8 +213,12 @@ def test_grpc_metadata_and_status(server):
   assert status.model_version_status[0].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 
-def test_malformed_requests_then_a_good_one(separator, server):
-  remote = client_lib.ServingSeparator(server, "toy")
+@pytest.mark.parametrize("which", ["server", "batching_server"])
+def test_malformed_requests_then_a_good_one(separator, which, request):
+  """Every malformed request gets its code, with or without batching (rejected by the checks before queueing)."""
+  remote = client_lib.ServingSeparator(request.getfixturevalue(which), "toy")
+  batcher = request.getfixturevalue("batching")[0].batcher if which == "batching_server" else None
+  queued = _batched_requests(batcher) if batcher else 0
   x = _noise([1, 3000], seed=8)
   nan = x.copy()
   nan[0, 10] = np.nan
@@ -220,8 +247,88 @@ def test_malformed_requests_then_a_good_one(separator, server):
   with pytest.raises(grpc.RpcError) as e:
     remote.stub.Predict(wrong_version, timeout=30)
   assert e.value.code() == grpc.StatusCode.NOT_FOUND
+  if batcher:
+    assert _batched_requests(batcher) == queued  # none of them reached the batch queue
   # Still serving.
   np.testing.assert_allclose(remote.separate(x), separator.separate(x).numpy(), atol=1e-5)
+  if batcher:
+    assert _batched_requests(batcher) == queued + 1 and batcher.split_retries == 0
+
+
+def test_batching_concurrent_requests_get_their_own_answers(server, batching):
+  """Concurrent requests to the batching server: [1, 3000] mixes (merged, up to 4 rows a call), [1, 2000] ones
+  (another batch key), a [2, 3000] one (2 rows), separate_chunk and metadata (never batched). Every answer equals
+  the unbatched server's (atol 1e-5); at least one call merged several requests, none more than 4 rows."""
+  srv, target = batching
+  cases = ([("serving_default", _noise([1, 3000], seed=20 + i)) for i in range(6)]
+           + [("serving_default", _noise([1, 2000], seed=30 + i)) for i in range(2)]
+           + [("serving_default", _noise([2, 3000], seed=40)), ("separate_chunk", _noise([1, CHUNK], seed=41)),
+              ("metadata", None)])
+
+  def predict(remote, sig, x):
+    return remote.predict(sig, {} if x is None else {"mix": x})
+
+  plain = client_lib.ServingSeparator(server, "toy")
+  expected = [predict(plain, sig, x) for sig, x in cases]
+  remote = client_lib.ServingSeparator(target, "toy")
+  before, sizes_before = _batched_requests(srv.batcher), dict(srv.batcher.batch_sizes)
+  barrier = threading.Barrier(len(cases))
+
+  def call(case):
+    barrier.wait()
+    return predict(remote, *case)
+
+  with futures.ThreadPoolExecutor(len(cases)) as pool:
+    got = list(pool.map(call, cases))
+  for (sig, x), want, answer in zip(cases, expected, got):
+    assert set(answer) == set(want), sig
+    for key, value in want.items():
+      if value.dtype.kind in "fc":
+        assert answer[key].shape == value.shape, (sig, key)
+        np.testing.assert_allclose(answer[key], value, atol=1e-5, err_msg=f"{sig} {key} {x.shape}")
+      else:
+        np.testing.assert_array_equal(answer[key], value)
+  new = {n: c - sizes_before.get(n, 0) for n, c in srv.batcher.batch_sizes.items() if c > sizes_before.get(n, 0)}
+  assert _batched_requests(srv.batcher) - before == 9  # the serving_default ones; chunk / metadata ran alone
+  assert max(new) > 1 and max(new) <= 4, new
+  assert srv.batcher.split_retries == 0
+
+
+def test_batcher_retries_a_failed_batch_one_by_one_and_stops():
+  """A merged call that raises (one bad row) is rerun request by request: only the bad request fails. key()
+  batches only inputs with an unknown axis 0 of at most max_batch_size rows. close() stops the worker thread and
+  answers requests still queued with BatcherStopped."""
+  def fn(mix):
+    if tf.reduce_max(mix) > 100:
+      raise tf.errors.InvalidArgumentError(None, None, "too loud")
+    return {"double": 2 * mix, "total": tf.reduce_sum(mix, axis=1)}
+
+  batcher = dev_server.Batcher(max_batch_size=3, batch_timeout_micros=10_000_000)  # runs when 3 rows are queued
+  spec = {"mix": tf.TensorSpec([None, None], tf.float32)}
+  xs = [_noise([1, 50], seed=50), np.full([1, 50], 1000.0, np.float32), _noise([1, 50], seed=51)]
+  key_rows = batcher.key("serving_default", spec, {"mix": xs[0]})
+  assert key_rows[1] == 1 and batcher.key("serving_default", spec, {"mix": _noise([1, 60])})[0] != key_rows[0]
+  assert batcher.key("separate_chunk", {"mix": tf.TensorSpec([1, 50], tf.float32)}, {"mix": xs[0]}) is None
+  assert batcher.key("metadata", {}, {}) is None
+  assert batcher.key("serving_default", spec, {"mix": _noise([4, 50])}) is None  # more rows than a batch
+  with futures.ThreadPoolExecutor(3) as pool:
+    results = [pool.submit(batcher.run, key_rows, fn, {"mix": x}) for x in xs]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="too loud"):
+      results[1].result(timeout=30)
+    for i in (0, 2):
+      np.testing.assert_allclose(results[i].result()["double"], 2 * xs[i], atol=1e-6)
+      np.testing.assert_allclose(results[i].result()["total"], xs[i].sum(axis=1), atol=1e-5)
+  assert batcher.batch_sizes == {3: 1} and batcher.split_retries == 1
+  with futures.ThreadPoolExecutor(1) as pool:
+    waiting = pool.submit(batcher.run, key_rows, fn, {"mix": xs[0]})  # waits for 2 more rows (10 s)
+    while not batcher._queue:  # pylint: disable=protected-access
+      threading.Event().wait(0.01)
+    batcher.close()
+    with pytest.raises(dev_server.BatcherStopped):
+      waiting.result(timeout=30)
+  assert not batcher._thread.is_alive()  # pylint: disable=protected-access
+  with pytest.raises(dev_server.BatcherStopped):
+    batcher.run(key_rows, fn, {"mix": xs[0]})
 
 
 # ------------------------------------------------------------------------------------------- Langevin
@@ -244,11 +351,13 @@ def test_langevin_exports_its_loop(tiny_priors_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- load test
-def test_load_test_tool_concurrent_with_malformed(server):
-  """A few concurrent requests with malformed ones mixed in: no errors, the malformed ones INVALID_ARGUMENT."""
+@pytest.mark.parametrize("which", ["server", "batching_server"])
+def test_load_test_tool_concurrent_with_malformed(which, request):
+  """A few concurrent requests with malformed ones mixed in, with and without server-side batching: no errors
+  (every answer equals its single-client answer), the malformed ones INVALID_ARGUMENT."""
   from vsep_tf.export import load_test  # pylint: disable=import-outside-toplevel
-  report = load_test.run_load_test(server, "toy", clients=3, requests=12, length=3000, malformed_every=3,
-                                   pool=2)
+  report = load_test.run_load_test(request.getfixturevalue(which), "toy", clients=3, requests=12, length=3000,
+                                   malformed_every=3, pool=2)
   assert report["errors"] == 0, report["error_examples"]
   assert report["good_ok"] == 8 and report["malformed_rejected"] == 4 and report["malformed_not_rejected"] == 0
   assert report["p50_ms"] > 0 and report["p99_ms"] >= report["p50_ms"] and report["throughput_rps"] > 0

@@ -19,6 +19,7 @@ import soundfile as sf
 from vsep_tf import audio
 from vsep_tf import cli
 from vsep_tf import inference
+from vsep_tf import model_dir as model_dir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Lines that are not the CLI's: TensorFlow / XLA start-up logging (absl C++ format, printed whatever
@@ -58,6 +59,7 @@ def _tone(seconds, rate, channels=2):
 def test_flag_constants_agree_with_the_library():
   assert cli.FORMATS == inference.FORMATS
   assert cli.SUBTYPES == tuple(audio.SUBTYPES)
+  assert cli.QUALITIES == model_dir_lib.QUALITIES
 
 
 def test_usage_errors_are_one_line_before_tensorflow(tmp_path):

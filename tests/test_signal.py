@@ -178,6 +178,20 @@ def test_overlap_add_is_the_weighted_average_of_overlapping_frames():
   np.testing.assert_array_equal(y0, [0.0, 1.0, 1.0, 0.0])
 
 
+@pytest.mark.parametrize("n,hop", [(16, 4), (16, 8), (16, 16), (12, 5)])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_block_overlap_and_add_equals_tf_signal(n, hop, dynamic):
+  """signal.overlap_and_add (shifted pads of blocks when hop divides N) = tf.signal.overlap_and_add, also with
+  an unknown number of frames (a graph traced for any length)."""
+  frames = RNG.standard_normal((2, 3, 7, n)).astype(np.float32)
+  if dynamic:
+    fn = tf.function(lambda f: vs.overlap_and_add(f, hop), input_signature=[tf.TensorSpec([None, None, None, n])])
+    y = fn(frames)
+  else:
+    y = vs.overlap_and_add(frames, hop)
+  np.testing.assert_allclose(y.numpy(), tf.signal.overlap_and_add(frames, hop).numpy(), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("n,hop", [(1024, 768), (1024, 512), (1024, 256), (100, 99), (64, 64)])
 def test_chunk_weights_cross_fade(n, hop):
   w = vs.chunk_weights(n, hop).numpy()

@@ -122,6 +122,22 @@ def test_separates_two_tone_classes_and_the_fit_lowers_its_objective(trained):
     sep.separate(mixes[0])
 
 
+def test_quality_presets(trained):
+  """model_dir.QUALITIES: 'best' is the saved settings; 'fast' is a spectral_encoder's one pass (a shipped one saves
+  a 300-step MAP fit) and changes nothing for a --job=spectral model (no amortised encoder: one setting);
+  explicit overrides win over the preset."""
+  _, model_dir, _, _, _ = trained
+  assert model_dir_lib.quality_overrides(str(model_dir), "fast") == []
+  assert load_separator(str(model_dir), quality="fast").settings == load_separator(str(model_dir)).settings
+  shipped = "pretrained/chorales"
+  assert model_dir_lib.load_config(shipped).job == "spectral_encoder"
+  assert load_separator(shipped).settings["iterations"] == 300
+  assert load_separator(shipped, quality="fast").settings["iterations"] == 0
+  assert load_separator(shipped, ["--spectral_search.iterations=7"], quality="fast").settings["iterations"] == 7
+  with pytest.raises(ValueError, match="quality"):
+    model_dir_lib.quality_overrides(shipped, "medium")
+
+
 def test_evaluate_reads_the_models_held_out_split(trained):
   from vsep_tf import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
   root, model_dir, _, _, _ = trained

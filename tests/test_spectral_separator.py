@@ -95,10 +95,15 @@ def test_separate_and_evaluate_accept_the_directory(trained, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   written = sorted(p.name for p in out.rglob("*.wav"))
   assert written == sorted(f"{name}.wav" for name in TOY), written
-  result = tmp_path / "eval.json"
-  proc = _run("vsep_tf.evaluate", f"--model_dir={model_dir}", "--dataset=toy", "--num_examples=2",
-              "--num_workers=0", f"--output_json={result}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  r = json.loads(result.read_text())
-  assert r["num_tracks"] == 2 and r["model_dir"] == str(model_dir) and r["method"] == "spectral"
-  assert set(r["sources"]) == set(TOY) and np.isfinite(r["overall"]["si_sdr"])
+  for quality, iterations in [("fast", 0), ("best", 5)]:
+    # the default (fast): one pass; best: the saved settings (here a 5-step fit: configs/toy.flags saves none)
+    result = tmp_path / f"eval_{quality}.json"
+    proc = _run("vsep_tf.evaluate", f"--model_dir={model_dir}", "--dataset=toy", "--num_examples=2",
+                "--num_workers=0", f"--output_json={result}",
+                *(["--quality=best", "--model_override=--spectral_search.iterations=5"] if quality == "best" else []))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(result.read_text())
+    assert r["num_tracks"] == 2 and r["model_dir"] == str(model_dir) and r["method"] == "spectral"
+    assert set(r["sources"]) == set(TOY) and np.isfinite(r["overall"]["si_sdr"])
+    assert r["separator"]["iterations"] == iterations
+    assert r["flags"]["quality"] == quality

@@ -211,7 +211,7 @@ def test_export_script_writes_saved_model_and_one_pass_tflite(tmp_path):
   assert "skipped TFLite" not in r.stdout
   assert (base / "chorales" / "1" / "saved_model.pb").is_file()
   with open(base / "chorales" / "1" / "assets" / "metadata.json", encoding="utf-8") as f:
-    assert json.load(f)["describe"]["iterations"] == 300  # the SavedModel keeps the MAP fit
+    assert json.load(f)["describe"]["iterations"] == 0  # the SavedModel holds the default (fast) preset
   lite_dir = base / "chorales_tflite"
   for q in ("f32", "dynamic", "f16"):
     meta = json.loads((lite_dir / f"chorales_{q}.json").read_text())

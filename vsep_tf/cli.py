@@ -3,6 +3,7 @@
 
   define_flags(fv)       --input, --output_dir, --format, --subtype, ... (defined here only)
   check_flags(fv)        a usage problem of those flags, or None
+  define_quality_flag(fv)    --quality=fast|best: a model directory's quality preset
   define_compose_flags(fv), parse_extra_priors(values)
                          --sources / --extra_priors of a model directory (priors compose: separate a mix of any
                          subset of the classes, add a class's prior without retraining the others)
@@ -34,6 +35,7 @@ from absl import flags
 
 FORMATS = ("wav", "flac")                 # = inference.FORMATS (tests/test_separate_cli.py checks they agree)
 SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")  # = audio.SUBTYPES: both import TensorFlow, which flags must not need
+QUALITIES = ("fast", "best")              # = model_dir.QUALITIES (checked by tests/test_separate_cli.py)
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 JOIN_SECONDS = 0.1                        # how often the main thread wakes up (signals are handled at once anyway)
 TICK_SECONDS = 1.0                        # the progress line's clock is redrawn this often on a terminal
@@ -89,6 +91,14 @@ def define_compose_flags(fv: flags.FlagValues = flags.FLAGS, sources: bool = Tru
                             "(--job=spectral, or a spectral separator's: its priors/) trained on its own (same STFT, "
                             "latent size and rate); it starts the MAP fit from its own prior's encoder (repeatable).",
                             flag_values=fv)
+
+
+def define_quality_flag(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """--quality: model_dir.load_separator's quality preset of a model directory."""
+  flags.DEFINE_enum("quality", "fast", list(QUALITIES), "'fast' (default): a spectral separator's one forward "
+                    "pass of its amortised encoder, gains refitted (about 20x real time on 2 cores); 'best': the "
+                    "model's saved settings (its MAP fit, about real time). Models with one setting ignore it. "
+                    "Model directories only (an export is what it was exported as).", flag_values=fv)
 
 
 def parse_extra_priors(values) -> dict:

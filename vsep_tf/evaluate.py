@@ -229,10 +229,11 @@ ALL_SOURCES = "all"  # --model_sources=all: every class of the model (and of --e
 
 
 def make_separator(method: Optional[str], model_dir: Optional[str], dataset, opts: EvalOptions,
-                   model_flags=(), model_sources=None, extra_priors=None):
-  """The separator under test: load_separator(model_dir) (its saved flags overridden by `model_flags`,
-  '--name=value' each; with the priors of `model_sources` only, default: opts.sources if any, ['all']: every
-  class; plus `extra_priors` {name: prior model dir}), or a baseline built for `dataset` (and opts.sources)."""
+                   model_flags=(), model_sources=None, extra_priors=None, quality: str = "best"):
+  """The separator under test: load_separator(model_dir) (its quality preset `quality`, its saved flags
+  overridden by `model_flags`, '--name=value' each; with the priors of `model_sources` only, default: opts.sources
+  if any, ['all']: every class; plus `extra_priors` {name: prior model dir}), or a baseline built for `dataset`
+  (and opts.sources)."""
   from vsep_tf.separators import oracle  # pylint: disable=import-outside-toplevel
   names = scored_sources(dataset, opts)
   if model_dir:
@@ -240,7 +241,7 @@ def make_separator(method: Optional[str], model_dir: Optional[str], dataset, opt
     chosen = list(model_sources) if model_sources else (list(opts.sources) or None)
     if chosen == [ALL_SOURCES]:
       chosen = None
-    return load_separator(model_dir, list(model_flags), sources=chosen, extra_priors=extra_priors)
+    return load_separator(model_dir, list(model_flags), sources=chosen, extra_priors=extra_priors, quality=quality)
   if model_sources or extra_priors:
     raise ValueError("--model_sources and --extra_priors apply to --model_dir")
   if method == "oracle_irm":
@@ -387,7 +388,7 @@ def _track_name_safe(name: str) -> str:
 
 def evaluate(opts: EvalOptions, method: Optional[str] = None, model_dir: Optional[str] = None, separator=None,
              per_track_dir: Optional[str] = None, write_audio_dir: Optional[str] = None,
-             verbose: int = 1, model_flags=(), model_sources=None, extra_priors=None) -> Dict:
+             verbose: int = 1, model_flags=(), model_sources=None, extra_priors=None, quality: str = "best") -> Dict:
   """Scores one separator on the dataset of `opts`. Returns the result dict (the JSON of the tool).
 
   Exactly one of `model_dir` (a trained model), `method` (a baseline: 'oracle_irm', 'mixture') or
@@ -412,7 +413,7 @@ def evaluate(opts: EvalOptions, method: Optional[str] = None, model_dir: Optiona
   if total == 0:
     raise ValueError(f"no tracks to evaluate in split {opts.split!r} of {dataset!r}")
   sep = separator if separator is not None else make_separator(method, model_dir, dataset, opts, model_flags,
-                                                               model_sources, extra_priors)
+                                                               model_sources, extra_priors, quality)
   adapter = _Adapter(sep, dataset, opts.batch_size, scored_sources(dataset, opts))
   names, spare = adapter.names, adapter.spare
   rate = int(dataset.sample_rate)
@@ -630,6 +631,7 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                     "--sources=violin,clarinet,tenor_sax --model_sources=all scores a trio separated by all four "
                     "priors and reports the spare class's estimate energy re the mix (dB).", flag_values=fv)
   cli.define_compose_flags(fv, sources=False)
+  cli.define_quality_flag(fv)
   flags.DEFINE_string("output_json", None, "Write the results here.", flag_values=fv)
   flags.DEFINE_string("per_track_dir", None, "Per-track JSONs (default: <output_json>.tracks/).", flag_values=fv)
   flags.DEFINE_string("write_audio_dir", None, "Write the estimates as <dir>/<track>/<source>.wav.",
@@ -672,7 +674,8 @@ def main(argv):
     per_track_dir = fv.per_track_dir or (default_per_track_dir(fv.output_json) if fv.output_json else None)
     result = evaluate(opts, method=fv.method, model_dir=fv.model_dir, per_track_dir=per_track_dir,
                       write_audio_dir=fv.write_audio_dir, model_flags=fv.model_override,
-                      model_sources=fv.model_sources or None, extra_priors=cli.parse_extra_priors(fv.extra_priors))
+                      model_sources=fv.model_sources or None, extra_priors=cli.parse_extra_priors(fv.extra_priors),
+                      quality=fv.quality)
   except (ValueError, FileNotFoundError, NotADirectoryError, flags.Error) as e:
     print(f"vsep_tf.evaluate: error: {e}", file=sys.stderr)
     return 1

@@ -44,6 +44,14 @@ MANIFEST_EXCLUDED = ("model_dir", "data_root", "musdb_root", "prior_dir", "teach
                      "debug_nan_at_step", "bad_audio", "audio_summary_seconds")
 
 
+# Quality presets of load_separator: 'best' is the model's saved settings; 'fast' replaces the settings listed
+# here for its kind (a separator kind not listed has one setting, the same for both). A spectral separator with
+# an amortised encoder separates fast by the encoder's one forward pass instead of its MAP fit's Adam iterations
+# (docs/results.md, "Quality presets": what that costs per model).
+QUALITIES = ("fast", "best")
+FAST_SETTINGS = {"spectral_encoder": ("--spectral_search.iterations=0",)}
+
+
 class ModelDirError(ValueError):
   """A folder that is not a loadable model directory (missing, old, or unknown manifest)."""
 
@@ -246,9 +254,20 @@ def restore_extra_priors(extra_priors: Mapping[str, str], sample_rate: int, late
   return out
 
 
+def quality_overrides(model_dir: str, quality: str) -> list:
+  """The '--name=value' settings quality preset `quality` ('fast' or 'best', QUALITIES) sets for this model."""
+  if quality not in QUALITIES:
+    raise ValueError(f"quality={quality!r}; choose from {QUALITIES}")
+  if quality == "best":
+    return []
+  return list(FAST_SETTINGS.get(separator_kind(read_manifest(model_dir)["settings"]), ()))
+
+
 def load_separator(model_dir: str, overrides: Sequence[str] = (), sources: Sequence[str] = None,
-                   extra_priors: Mapping[str, str] = None) -> Separator:
+                   extra_priors: Mapping[str, str] = None, quality: str = "best") -> Separator:
   """The separator a model directory holds, with '--name=value' overrides of its settings.
+
+  quality: 'best' (the saved settings) or 'fast' (FAST_SETTINGS of its kind; `overrides` still win).
 
   job priors -> LangevinSeparator (or PeriodicSeparator with priors_search=periodic); variational /
   supervised -> EncoderSeparator; nmf -> NMFSeparator; spectral -> SpectralPriorSeparator (MAP from the priors'
@@ -263,7 +282,7 @@ def load_separator(model_dir: str, overrides: Sequence[str] = (), sources: Seque
     kinds only, same STFT, concentration, latent size and rate); they start the MAP fit from their own prior's
     encoder. With no `sources`, the model's classes then the extra ones."""
   manifest = read_manifest(model_dir)
-  cfg = load_config(model_dir, overrides)
+  cfg = load_config(model_dir, quality_overrides(model_dir, quality) + list(overrides))
   names, rate, mix = tuple(manifest["source_names"]), manifest["sample_rate"], manifest["mix"]
   kind = separator_kind(cfg)
   extra_priors = dict(extra_priors or {})

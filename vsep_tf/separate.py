@@ -17,8 +17,12 @@ progress leaves nothing, the completed ones stay, and the exit code is 128 + the
 
 --model_dir: a model directory (manifest.json + weights: `python -m vsep_tf.train` or pretrained/), an exported
 SavedModel (`python -m vsep_tf.export.saved_model`: BASE/NAME or one version directory) or a .tflite file
-(`python -m vsep_tf.export.tflite`). --model_override='--spectral_search.iterations=0' changes a setting of a
+(`python -m vsep_tf.export.tflite`). --model_override='--spectral_search.prior_weight=1' changes a setting of a
 model directory (repeatable).
+
+Quality (model directories): --quality=fast (the default) separates a spectral separator by its amortised
+encoder's one forward pass with the gains refitted; --quality=best by its saved settings (the MAP fit: slower,
+better). docs/results.md has both figures for every shipped model.
 
 Priors compose (model directories of prior-based separators):
   python -m vsep_tf.separate --model_dir=pretrained/chorales --sources=violin,clarinet,tenor_sax \
@@ -42,14 +46,16 @@ flags.DEFINE_multi_string("model_override", [], "'--name=value' replacing a flag
                           "(e.g. --model_override=--langevin_steps_per_level=20).")
 cli.define_flags(FLAGS)
 cli.define_compose_flags(FLAGS)
+cli.define_quality_flag(FLAGS)
 
 
-def load_model(path: str, overrides=(), sources=None, extra_priors=None):
+def load_model(path: str, overrides=(), sources=None, extra_priors=None, quality: str = "best"):
   """The Separator at `path`: a training model directory, an exported SavedModel, or a .tflite file. sources /
-  extra_priors: model_dir.load_separator's (model directories only)."""
+  extra_priors / quality: model_dir.load_separator's (model directories only)."""
   from vsep_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
   if os.path.isdir(path) and model_dir_lib.is_model_dir(path):
-    return model_dir_lib.load_separator(path, list(overrides), sources=sources or None, extra_priors=extra_priors)
+    return model_dir_lib.load_separator(path, list(overrides), sources=sources or None, extra_priors=extra_priors,
+                                        quality=quality)
   from vsep_tf import export  # pylint: disable=import-outside-toplevel
   if overrides:
     raise ValueError("--model_override applies to training model directories only")
@@ -78,7 +84,7 @@ def main(argv):
   def work():  # in a worker thread: loading a model can take long too
     from vsep_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
     try:
-      separator = load_model(FLAGS.model_dir, FLAGS.model_override, FLAGS.sources, extra_priors)
+      separator = load_model(FLAGS.model_dir, FLAGS.model_override, FLAGS.sources, extra_priors, FLAGS.quality)
     except model_dir_lib.SourcesError as e:
       what = f"--sources={','.join(FLAGS.sources)}" if FLAGS.sources else "--extra_priors"
       return session.error(f"{what}: {e}", code=2)

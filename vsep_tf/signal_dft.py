@@ -82,22 +82,10 @@ def frame(x, frame_length: int, hop: int):
 
 
 def overlap_add(frames, hop: int):
-  """frames [..., F, N] -> [..., (F - 1) hop + N]: sum_m frames[m] placed at m hop (tf.signal.overlap_and_add)."""
-  n = frames.shape[-1]
-  if n % hop:
-    return tf.signal.overlap_and_add(frames, hop)
-  r, f = n // hop, frames.shape[-2]
-  if f is None:
+  """frames [..., F, N] -> [..., (F - 1) hop + N] (signal.overlap_and_add; F static when hop divides N)."""
+  if frames.shape[-1] % hop == 0 and frames.shape[-2] is None:
     raise ValueError("overlap_add: the frames axis must be static")
-  lead = tf.shape(frames)[:-2]
-  blocks = tf.reshape(frames, tf.concat([lead, [f, r, hop]], 0))
-  rank = len(frames.shape) + 1
-  total = None
-  for i in range(r):
-    pad = [[0, 0]] * (rank - 3) + [[i, r - 1 - i], [0, 0]]
-    part = tf.pad(blocks[..., i, :], pad)
-    total = part if total is None else total + part
-  return tf.reshape(total, tf.concat([lead, [(f + r - 1) * hop]], 0))
+  return signal_lib.overlap_and_add(frames, hop)
 
 
 def rdft(frames, fft_length: int, bases=None):

@@ -22,6 +22,9 @@ does): export checks that every variable was saved. The Langevin separator (a --
 its whole annealed loop, gradients included, as one graph; by default without XLA (`--xla` keeps the
 separator's jit_compile, which tensorflow_model_server only runs with --xla_cpu_compilation_enabled=true).
 
+A model directory is exported at a quality preset (--quality, as vsep_tf.separate's; default 'fast': a spectral
+separator's one forward pass with its gains refitted; 'best': its MAP fit, ~15x slower).
+
 The version directory is written under a hidden temporary name next to it and renamed into place when complete,
 so a TF-Serving instance polling BASE/NAME never loads a half-written version.
 """
@@ -242,15 +245,16 @@ class SavedModelSeparator(Separator):
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
-def load_for_export(model_dir: str, overrides=(), xla: bool = False) -> Separator:
-  """The separator of a model directory, the Langevin one (--job=priors) built with jit_compile=xla."""
+def load_for_export(model_dir: str, overrides=(), xla: bool = False, quality: str = "best") -> Separator:
+  """The separator of a model directory (model_dir.load_separator's quality preset), the Langevin one
+  (--job=priors) built with jit_compile=xla."""
   from vsep_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
   kind = model_dir_lib.separator_kind(model_dir_lib.load_config(model_dir, list(overrides)))
   if kind == "periodic":
     raise ValueError(f"{model_dir} separates by the periodic-component search, which runs in numpy on the host "
                      "and has no TensorFlow graph to export; export its priors as a Langevin separator "
                      "(--model_override=--priors_search=langevin) or an encoder directory")
-  separator = model_dir_lib.load_separator(model_dir, list(overrides))
+  separator = model_dir_lib.load_separator(model_dir, list(overrides), quality=quality)
   if kind == "langevin":
     separator.use_xla(bool(xla))
   return separator
@@ -268,7 +272,7 @@ def main(argv):
       print(f"error: --{required} is required", file=sys.stderr)
       return 2
   try:
-    separator = load_for_export(fv.model_dir, fv.model_override, fv.xla)
+    separator = load_for_export(fv.model_dir, fv.model_override, fv.xla, fv.quality)
     path = export_saved_model(separator, fv.export_base, fv.name, fv.version or None, fv.chunk_length or None,
                               overwrite=fv.overwrite)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
@@ -283,6 +287,7 @@ def main(argv):
 
 def _define_flags():
   from absl import flags  # pylint: disable=import-outside-toplevel
+  from vsep_tf import cli  # pylint: disable=import-outside-toplevel
   flags.DEFINE_string("model_dir", None, "A `python -m vsep_tf.train` model directory.")
   flags.DEFINE_string("export_base", None, "TF-Serving model base: the export goes to <export_base>/<name>/<version>.")
   flags.DEFINE_string("name", None, "Model name (TF-Serving's MODEL_NAME).")
@@ -291,6 +296,9 @@ def _define_flags():
   flags.DEFINE_boolean("overwrite", False, "Replace an existing version.")
   flags.DEFINE_boolean("xla", False, "Keep XLA (jit_compile) in the Langevin separator's graph.")
   flags.DEFINE_multi_string("model_override", [], "'--name=value' replacing a flag saved in the model directory.")
+  flags.DEFINE_enum("quality", "fast", list(cli.QUALITIES), "The model's quality preset to export (as "
+                    "vsep_tf.separate --quality): 'fast' a spectral separator's one pass with gains refitted, 'best' "
+                    "its MAP fit.")
 
 
 def run():

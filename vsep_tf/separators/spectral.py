@@ -196,8 +196,10 @@ class SpectralPriorSeparator(Separator):
     self.encoder_sources = self._check_encoder_sources(encoder, encoder_sources)
     self.chunk_length = int(chunk_length)
     self.chunk_overlap = self.chunk_length // 16
-    self._fn = tf.function(self._separate, reduce_retracing=True)
-    self._channels_fn = tf.function(self._separate_channels, reduce_retracing=True)
+    # One trace for every batch size and length (a stream's last, smaller batch reuses it).
+    self._fn = tf.function(self._separate, input_signature=[tf.TensorSpec([None, None], tf.float32)])
+    self._channels_fn = tf.function(self._separate_channels,
+                                    input_signature=[tf.TensorSpec([None, None, None], tf.float32)])
 
   # ------------------------------------------------------------- subsets of the encoder's classes (compose)
   def _check_encoder_sources(self, encoder, encoder_sources):
@@ -270,6 +272,8 @@ class SpectralPriorSeparator(Separator):
     x = tf.convert_to_tensor(magnitude, tf.float32)
     priors = list(self.priors.values())
     z, a = self.initial_latents(x)
+    if s["iterations"] == 0:  # one pass: the encoder's guess as it is (no gradient graph to build)
+      return mixture_objective(priors, x, z, a, self.concentration)[0]
 
     def loss(z, a):
       _, data = mixture_objective(priors, x, z, a, self.concentration)
