@@ -2,22 +2,22 @@
 # Export a trained model directory for deployment: the SavedModel (TF-Serving layout), then the TFLite variants if
 # the model has a TFLite form.
 #
-#   bash export/export_model.sh runs/toy_supervised exports toy            [QUALITY: fast (default) | best]
+#   bash export/export_model.sh runs/toy_supervised exports toy            [QUALITY: fast (default) | balanced | best]
 #   -> exports/toy/<version>/            SavedModel (serving_default, separate_chunk, metadata)
 #      exports/toy_tflite/toy_{f32,dynamic,f16}.tflite (+ .json metadata)
 #
 # QUALITY (optional, default fast): the model's quality preset in the SavedModel (vsep_tf.separate --quality).
 # A spectral separator (--job=spectral or spectral_encoder, e.g. pretrained/band, pretrained/chorales): the SavedModel
-# holds the preset (fast: the amortised encoder's one pass with its gains refitted; best: its MAP fit); the TFLite
-# files are its ONE-PASS graph (the fast preset, --spectral_search.iterations=0; STFT / ISTFT as real matrix
-# products), converted from MODEL_DIR, and their .json metadata says so ("graph": "one_pass").
+# holds the preset (fast: the amortised encoder's one pass; balanced / best: 50 / all iterations of its MAP fit);
+# the TFLite files are its ONE-PASS graph (the fast preset, --spectral_search.iterations=0; STFT / ISTFT as real
+# matrix products), converted from MODEL_DIR, and their .json metadata says so ("graph": "one_pass").
 #
 # What a model does not support is skipped with a line saying why, and the script still exits 0: a Langevin
 # separator (--job=priors) has no TFLite form (its gradient loop); a converter refusal ("... does not convert to
 # TFLite: <reason>") is reported the same way. Any other failure (the SavedModel export, its signatures, a TFLite
 # conversion that should work) exits non-zero.
 set -euo pipefail
-usage="usage: export_model.sh MODEL_DIR EXPORT_BASE NAME [fast|best]"
+usage="usage: export_model.sh MODEL_DIR EXPORT_BASE NAME [fast|balanced|best]"
 model_dir="${1:?$usage}"
 base="${2:?$usage}"
 name="${3:?$usage}"

@@ -123,9 +123,9 @@ def test_separates_two_tone_classes_and_the_fit_lowers_its_objective(trained):
 
 
 def test_quality_presets(trained):
-  """model_dir.QUALITIES: 'best' is the saved settings; 'fast' is a spectral_encoder's one pass (a shipped one saves
-  a 300-step MAP fit) and changes nothing for a --job=spectral model (no amortised encoder: one setting);
-  explicit overrides win over the preset."""
+  """model_dir.QUALITIES: 'best' is the saved settings; 'fast' is a spectral_encoder's one pass, 'balanced' 50 MAP
+  iterations (a shipped one saves a 300-step fit); neither changes a --job=spectral model (no amortised encoder:
+  one setting); explicit overrides win over the preset."""
   _, model_dir, _, _, _ = trained
   assert model_dir_lib.quality_overrides(str(model_dir), "fast") == []
   assert load_separator(str(model_dir), quality="fast").settings == load_separator(str(model_dir)).settings
@@ -133,6 +133,8 @@ def test_quality_presets(trained):
   assert model_dir_lib.load_config(shipped).job == "spectral_encoder"
   assert load_separator(shipped).settings["iterations"] == 300
   assert load_separator(shipped, quality="fast").settings["iterations"] == 0
+  assert load_separator(shipped, quality="balanced").settings["iterations"] == 50
+  assert model_dir_lib.quality_overrides(str(model_dir), "balanced") == []
   assert load_separator(shipped, ["--spectral_search.iterations=7"], quality="fast").settings["iterations"] == 7
   with pytest.raises(ValueError, match="quality"):
     model_dir_lib.quality_overrides(shipped, "medium")

@@ -98,6 +98,23 @@ def test_one_pass_tflite_float32_parity_mono_and_stereo(tiny):
   np.testing.assert_allclose(lite.separate_channels(stereo)[0].sum(axis=1), stereo[0], atol=1e-4)
 
 
+@pytest.mark.parametrize("stereo", ["mid", "independent"])
+def test_saved_model_separates_a_tracks_channels_like_the_separator(stereo, tmp_path):
+  """The SavedModel of a spectral separator has a separate_channels signature ([B, C, T] -> [B, C, N, T]): a
+  stereo file through the export gets the separator's own stereo handling (one fit on the mid channel, or every
+  channel on its own), not every channel as a separate mono mix."""
+  from vsep_tf.export import saved_model as saved_model_lib  # pylint: disable=import-outside-toplevel
+  sep = _tiny_separator(stereo=stereo)
+  path = saved_model_lib.export_saved_model(sep, str(tmp_path), "tiny", version=1)
+  loaded = saved_model_lib.SavedModelSeparator(path)
+  assert "separate_channels" in loaded.model.signatures
+  x = _noise([2, 2, CHUNK + 321], seed=8)
+  want = sep.separate_channels(x)
+  np.testing.assert_allclose(loaded.separate_channels(x), want, atol=1e-5 * np.abs(want).max())
+  per_channel = np.asarray(sep.separate(x.reshape(4, -1))).reshape(want.shape)
+  assert (np.abs(want - per_channel).max() > 1e-3) == (stereo == "mid")
+
+
 @pytest.mark.slow
 def test_one_pass_tflite_long_stereo_stream_matches_eager(tiny):
   sep, paths = tiny

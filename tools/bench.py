@@ -15,8 +15,8 @@ Sections (--sections):
             --best_seconds of the audio); each with its deviation from the eager default.
   cli       `python -m vsep_tf.separate --model_dir=M` end to end on a --cli_seconds 44.1 kHz stereo WAV (process
             start, model load, decode, resample, separate, write): wall-clock real-time factor and peak RSS.
-  memory    peak RSS of that command on 1, 5 and 10 minutes of audio (--memory_model; os.wait4 rusage of each
-            child process).
+  memory    peak RSS of that command on 1, 5 and 10 minutes of audio (--memory_model; the rusage of each child,
+            started from a small process: see _PEAK_RSS).
   peers     Open-Unmix and HT-Demucs (PyTorch, random weights: speed only) on the same audio, in their own venv
             (tools/install_peers.sh; --peer_python). A peer that cannot run is reported with the reason.
   flops     FLOPs per second of audio of each model's default as exported (TF's graph profiler on the frozen
@@ -210,20 +210,27 @@ def section_cli(work_dir) -> dict:
   return out
 
 
+# Runs a command and prints its peak RSS. A child's ru_maxrss starts at its parent's high-water mark (Linux keeps
+# it across fork and exec): measured from this large process it would read this process's peak, so a small
+# Python process starts the command and reports RUSAGE_CHILDREN.
+_PEAK_RSS = ("import json, resource, subprocess, sys; "
+             "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE); "
+             "sys.stderr.write(r.stderr.decode(errors='replace')[-3000:]); "
+             "print(json.dumps({'rc': r.returncode, "
+             "'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+
+
 def _run_separate(model_dir: str, path: str, seconds: float, work_dir: str) -> dict:
   out_dir = tempfile.mkdtemp(prefix="separated-", dir=work_dir)
   t0 = time.perf_counter()
-  child = subprocess.Popen([sys.executable, "-m", "vsep_tf.separate", f"--model_dir={model_dir}",
-                            f"--input={path}", f"--output_dir={out_dir}", "--overwrite", "--noprogress"],
-                           cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage: its peak RSS, not the parent's
+  proc = run_python(["-c", _PEAK_RSS, sys.executable, "-m", "vsep_tf.separate", f"--model_dir={model_dir}",
+                     f"--input={path}", f"--output_dir={out_dir}", "--overwrite", "--noprogress"])
   wall = time.perf_counter() - t0
-  stderr = child.stderr.read().decode(errors="replace")
-  child.stderr.close()
-  if os.waitstatus_to_exitcode(status):
-    raise RuntimeError(f"separate --model_dir={model_dir} failed:\n{stderr[-2000:]}")
+  report = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {"rc": proc.returncode}
+  if proc.returncode or report["rc"]:
+    raise RuntimeError(f"separate --model_dir={model_dir} failed:\n{proc.stderr[-2000:]}")
   subprocess.run(["rm", "-rf", out_dir], check=False)
-  return {"peak_rss_mib": usage.ru_maxrss / 1024, "wall_seconds": wall, "cli_rtf": wall / seconds}
+  return {"peak_rss_mib": report["maxrss_kib"] / 1024, "wall_seconds": wall, "cli_rtf": wall / seconds}
 
 
 def section_memory(work_dir) -> dict:

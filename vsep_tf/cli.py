@@ -35,7 +35,7 @@ from absl import flags
 
 FORMATS = ("wav", "flac")                 # = inference.FORMATS (tests/test_separate_cli.py checks they agree)
 SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")  # = audio.SUBTYPES: both import TensorFlow, which flags must not need
-QUALITIES = ("fast", "best")              # = model_dir.QUALITIES (checked by tests/test_separate_cli.py)
+QUALITIES = ("fast", "balanced", "best")  # = model_dir.QUALITIES (checked by tests/test_separate_cli.py)
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 JOIN_SECONDS = 0.1                        # how often the main thread wakes up (signals are handled at once anyway)
 TICK_SECONDS = 1.0                        # the progress line's clock is redrawn this often on a terminal
@@ -96,9 +96,10 @@ def define_compose_flags(fv: flags.FlagValues = flags.FLAGS, sources: bool = Tru
 def define_quality_flag(fv: flags.FlagValues = flags.FLAGS) -> None:
   """--quality: model_dir.load_separator's quality preset of a model directory."""
   flags.DEFINE_enum("quality", "fast", list(QUALITIES), "'fast' (default): a spectral separator's one forward "
-                    "pass of its amortised encoder, gains refitted (about 20x real time on 2 cores); 'best': the "
-                    "model's saved settings (its MAP fit, about real time). Models with one setting ignore it. "
-                    "Model directories only (an export is what it was exported as).", flag_values=fv)
+                    "pass of its amortised encoder; 'balanced': at most 50 iterations of its MAP fit from there; "
+                    "'best': the model's saved settings (its full MAP fit, ~15x slower than fast). Models with one "
+                    "setting ignore it. Model directories only (an export is what it was exported as).",
+                    flag_values=fv)
 
 
 def parse_extra_priors(values) -> dict:

@@ -44,12 +44,12 @@ MANIFEST_EXCLUDED = ("model_dir", "data_root", "musdb_root", "prior_dir", "teach
                      "debug_nan_at_step", "bad_audio", "audio_summary_seconds")
 
 
-# Quality presets of load_separator: 'best' is the model's saved settings; 'fast' replaces the settings listed
-# here for its kind (a separator kind not listed has one setting, the same for both). A spectral separator with
-# an amortised encoder separates fast by the encoder's one forward pass instead of its MAP fit's Adam iterations
-# (docs/results.md, "Quality presets": what that costs per model).
-QUALITIES = ("fast", "best")
-FAST_SETTINGS = {"spectral_encoder": ("--spectral_search.iterations=0",)}
+# Quality presets of load_separator: 'best' is the model's saved settings; the others cap the settings listed
+# here for its kind (a separator kind not listed has one setting, the same for all). A spectral separator with an
+# amortised encoder: 'fast' is the encoder's one forward pass, 'balanced' at most 50 of its MAP fit's Adam
+# iterations (docs/results.md, "Quality presets": chosen on held-out train tracks, and what each costs).
+QUALITIES = ("fast", "balanced", "best")
+PRESET_ITERATIONS = {"spectral_encoder": {"fast": 0, "balanced": 50}}
 
 
 class ModelDirError(ValueError):
@@ -255,19 +255,23 @@ def restore_extra_priors(extra_priors: Mapping[str, str], sample_rate: int, late
 
 
 def quality_overrides(model_dir: str, quality: str) -> list:
-  """The '--name=value' settings quality preset `quality` ('fast' or 'best', QUALITIES) sets for this model."""
+  """The '--name=value' settings quality preset `quality` (QUALITIES) sets for this model: none for 'best' (its
+  saved settings) or for a kind with one setting; a spectral_encoder's MAP-fit iterations capped at
+  PRESET_ITERATIONS (never more than it saves)."""
   if quality not in QUALITIES:
     raise ValueError(f"quality={quality!r}; choose from {QUALITIES}")
-  if quality == "best":
+  cfg = load_config(model_dir)
+  cap = PRESET_ITERATIONS.get(separator_kind(cfg), {}).get(quality)
+  if cap is None:
     return []
-  return list(FAST_SETTINGS.get(separator_kind(read_manifest(model_dir)["settings"]), ()))
+  return [f"--spectral_search.iterations={min(cap, int(cfg['spectral_search.iterations']))}"]
 
 
 def load_separator(model_dir: str, overrides: Sequence[str] = (), sources: Sequence[str] = None,
                    extra_priors: Mapping[str, str] = None, quality: str = "best") -> Separator:
   """The separator a model directory holds, with '--name=value' overrides of its settings.
 
-  quality: 'best' (the saved settings) or 'fast' (FAST_SETTINGS of its kind; `overrides` still win).
+  quality: 'best' (the saved settings), 'balanced' or 'fast' (quality_overrides; `overrides` still win).
 
   job priors -> LangevinSeparator (or PeriodicSeparator with priors_search=periodic); variational /
   supervised -> EncoderSeparator; nmf -> NMFSeparator; spectral -> SpectralPriorSeparator (MAP from the priors'

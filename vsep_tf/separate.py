@@ -21,8 +21,8 @@ SavedModel (`python -m vsep_tf.export.saved_model`: BASE/NAME or one version dir
 model directory (repeatable).
 
 Quality (model directories): --quality=fast (the default) separates a spectral separator by its amortised
-encoder's one forward pass with the gains refitted; --quality=best by its saved settings (the MAP fit: slower,
-better). docs/results.md has both figures for every shipped model.
+encoder's one forward pass; --quality=balanced adds at most 50 iterations of its MAP fit; --quality=best uses its
+saved settings (the full MAP fit: ~15x slower, best). docs/results.md has the figures for every shipped model.
 
 Priors compose (model directories of prior-based separators):
   python -m vsep_tf.separate --model_dir=pretrained/chorales --sources=violin,clarinet,tenor_sax \

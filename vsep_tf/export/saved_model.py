@@ -9,6 +9,8 @@ Signatures (inputs and outputs by name, float32 samples at the model's rate, sou
   separate_chunk               mix [1, chunk_length]    -> sources [1, N, chunk_length]   (fixed shape: TFLite)
   metadata                     ()                       -> source_names string [N], num_sources, sample_rate,
                                                            chunk_length, chunk_overlap int32 [], mix, method string []
+  separate_channels            mix [batch, C, time]     -> sources [batch, C, N, time]    (spectral separators only:
+                                                           a track's channels together, masks of the mid channel)
 
 The same metadata (plus the separator's describe()) is in assets/metadata.json, readable without TensorFlow.
 Inputs with NaN/Inf or no samples fail inside the graph with INVALID_ARGUMENT (tf.debugging.check_numerics,
@@ -23,7 +25,7 @@ its whole annealed loop, gradients included, as one graph; by default without XL
 separator's jit_compile, which tensorflow_model_server only runs with --xla_cpu_compilation_enabled=true).
 
 A model directory is exported at a quality preset (--quality, as vsep_tf.separate's; default 'fast': a spectral
-separator's one forward pass with its gains refitted; 'best': its MAP fit, ~15x slower).
+separator's one forward pass; 'balanced': 50 iterations of its MAP fit; 'best': its full MAP fit, ~15x slower).
 
 The version directory is written under a hidden temporary name next to it and renamed into place when complete,
 so a TF-Serving instance polling BASE/NAME never loads a half-written version.
@@ -37,6 +39,7 @@ import sys
 import tempfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import vsep_tf
@@ -116,18 +119,31 @@ class SeparatorModule(tf.Module):
     self.separate_chunk = tf.function(self._separate,
                                       input_signature=[tf.TensorSpec([1, chunk_length], tf.float32, name="mix")])
     self.metadata = tf.function(self._metadata, input_signature=[])
+    self.separate_channels = None  # a separator that separates a track's channels together (spectral: 'mid')
+    if hasattr(separator, "separate_channels_graph"):
+      self.separate_channels = tf.function(
+          self._separate_channels, input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="mix")])
 
   @property
   def meta(self) -> dict:
     return json.loads(self._meta_json)
 
-  def _separate(self, mix):
+  @staticmethod
+  def _checked(mix):
     # Bad requests fail with INVALID_ARGUMENT inside the graph, so the real TF-Serving rejects them too.
-    not_empty = tf.debugging.assert_positive(tf.shape(mix)[1], message="mix is empty (0 samples)")
+    not_empty = tf.debugging.assert_positive(tf.shape(mix)[-1], message="mix is empty (0 samples)")
     with tf.control_dependencies([not_empty]):
-      mix = tf.debugging.check_numerics(mix, "mix contains NaN or Inf")
+      return tf.debugging.check_numerics(mix, "mix contains NaN or Inf")
+
+  def _separate(self, mix):
+    mix = self._checked(mix)
     sources = tf.convert_to_tensor(self._separator.separate(mix), tf.float32)
     return {"sources": tf.ensure_shape(sources, [mix.shape[0], self.meta["num_sources"], mix.shape[1]])}
+
+  def _separate_channels(self, mix):
+    mix = self._checked(mix)
+    sources = self._separator.separate_channels_graph(mix)
+    return {"sources": tf.ensure_shape(sources, [None, None, self.meta["num_sources"], None])}
 
   def _metadata(self):
     m = self.meta
@@ -142,7 +158,10 @@ class SeparatorModule(tf.Module):
     }
 
   def signatures(self) -> dict:
-    return {"serving_default": self.separate, "separate_chunk": self.separate_chunk, "metadata": self.metadata}
+    signatures = {"serving_default": self.separate, "separate_chunk": self.separate_chunk, "metadata": self.metadata}
+    if self.separate_channels is not None:
+      signatures["separate_channels"] = self.separate_channels
+    return signatures
 
 
 def next_version(model_base: str) -> int:
@@ -236,12 +255,23 @@ class SavedModelSeparator(Separator):
     self.chunk_overlap = int(meta["chunk_overlap"])
     self.model = tf.saved_model.load(self.path)
     self._fn = self.model.signatures["serving_default"]
+    self._channels_fn = self.model.signatures.get("separate_channels")
 
   def separate(self, mix) -> tf.Tensor:
     mix = tf.convert_to_tensor(mix, tf.float32)
     if mix.shape.rank != 2:
       raise ValueError(f"mix must be [batch, time], got shape {mix.shape}")
     return self._fn(mix=mix)["sources"]
+
+  def separate_channels(self, mix) -> np.ndarray:
+    """mix [batch, channels, time] -> [batch, channels, N, time]: the export's separate_channels signature (the
+    channels separated together, as the exported separator does) if it has one, else every channel on its own."""
+    if self._channels_fn is None:
+      return super().separate_channels(mix)
+    mix = np.asarray(mix, np.float32)
+    if mix.ndim != 3:
+      raise ValueError(f"separate_channels takes [batch, channels, time], got shape {mix.shape}")
+    return self._channels_fn(mix=tf.constant(mix))["sources"].numpy()
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -297,8 +327,8 @@ def _define_flags():
   flags.DEFINE_boolean("xla", False, "Keep XLA (jit_compile) in the Langevin separator's graph.")
   flags.DEFINE_multi_string("model_override", [], "'--name=value' replacing a flag saved in the model directory.")
   flags.DEFINE_enum("quality", "fast", list(cli.QUALITIES), "The model's quality preset to export (as "
-                    "vsep_tf.separate --quality): 'fast' a spectral separator's one pass with gains refitted, 'best' "
-                    "its MAP fit.")
+                    "vsep_tf.separate --quality): 'fast' a spectral separator's one pass, 'balanced' 50 MAP "
+                    "iterations, 'best' its full MAP fit.")
 
 
 def run():

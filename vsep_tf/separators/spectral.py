@@ -314,6 +314,14 @@ class SpectralPriorSeparator(Separator):
     masks = ratio_masks(self.source_models(tf.abs(tf.reduce_mean(spec, axis=1))), self.settings["mask_power"])
     return masks_to_sources(masks[:, None], spec, self.n_fft, self.hop, length)
 
+  def separate_channels_graph(self, mix):
+    """separate_channels inside a graph (an export's stereo signature): float32 tensor [B, C, T] -> [B, C, N, T]."""
+    if self.settings["stereo"] == "mid":
+      return self._separate_channels(mix)
+    shape = tf.shape(mix)
+    sources = self._separate(tf.reshape(mix, [-1, shape[2]]))
+    return tf.reshape(sources, [shape[0], shape[1], self.num_sources, shape[2]])
+
   def separate_channels(self, mix):
     """mix [batch, channels, time] -> [batch, channels, N, time] (stereo setting 'mid' or 'independent')."""
     mix = np.asarray(mix, np.float32)
