@@ -97,8 +97,8 @@ def define_quality_flag(fv: flags.FlagValues = flags.FLAGS) -> None:
   """--quality: model_dir.load_separator's quality preset of a model directory."""
   flags.DEFINE_enum("quality", "fast", list(QUALITIES), "'fast' (default): a spectral separator's one forward "
                     "pass of its amortised encoder; 'balanced': at most 50 iterations of its MAP fit from there; "
-                    "'best': the model's saved settings (its full MAP fit, ~15x slower than fast). Models with one "
-                    "setting ignore it. Model directories only (an export is what it was exported as).",
+                    "'best': the model's saved settings (its full MAP fit, tens of times slower than fast). Models "
+                    "with one setting ignore it. Model directories only (an export is what it was exported as).",
                     flag_values=fv)
 
 

@@ -22,7 +22,7 @@ model directory (repeatable).
 
 Quality (model directories): --quality=fast (the default) separates a spectral separator by its amortised
 encoder's one forward pass; --quality=balanced adds at most 50 iterations of its MAP fit; --quality=best uses its
-saved settings (the full MAP fit: ~15x slower, best). docs/results.md has the figures for every shipped model.
+saved settings (the full MAP fit: tens of times slower, best). docs/results.md has the figures for every shipped model.
 
 Priors compose (model directories of prior-based separators):
   python -m vsep_tf.separate --model_dir=pretrained/chorales --sources=violin,clarinet,tenor_sax \

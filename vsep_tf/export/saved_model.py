@@ -25,7 +25,7 @@ its whole annealed loop, gradients included, as one graph; by default without XL
 separator's jit_compile, which tensorflow_model_server only runs with --xla_cpu_compilation_enabled=true).
 
 A model directory is exported at a quality preset (--quality, as vsep_tf.separate's; default 'fast': a spectral
-separator's one forward pass; 'balanced': 50 iterations of its MAP fit; 'best': its full MAP fit, ~15x slower).
+separator's one forward pass; 'balanced': 50 iterations of its MAP fit; 'best': its full MAP fit, tens of times slower).
 
 The version directory is written under a hidden temporary name next to it and renamed into place when complete,
 so a TF-Serving instance polling BASE/NAME never loads a half-written version.
