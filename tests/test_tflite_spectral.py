@@ -101,8 +101,8 @@ def test_one_pass_tflite_float32_parity_mono_and_stereo(tiny):
 @pytest.mark.parametrize("stereo", ["mid", "independent"])
 def test_saved_model_separates_a_tracks_channels_like_the_separator(stereo, tmp_path):
   """The SavedModel of a spectral separator has a separate_channels signature ([B, C, T] -> [B, C, N, T]): a
-  stereo file through the export gets the separator's own stereo handling (one fit on the mid channel, or every
-  channel on its own), not every channel as a separate mono mix."""
+  stereo file through the export (loaded, or served over gRPC) gets the separator's own stereo handling (one fit
+  on the mid channel, or every channel on its own), not every channel as a separate mono mix."""
   from vsep_tf.export import saved_model as saved_model_lib  # pylint: disable=import-outside-toplevel
   sep = _tiny_separator(stereo=stereo)
   path = saved_model_lib.export_saved_model(sep, str(tmp_path), "tiny", version=1)
@@ -113,6 +113,16 @@ def test_saved_model_separates_a_tracks_channels_like_the_separator(stereo, tmp_
   np.testing.assert_allclose(loaded.separate_channels(x), want, atol=1e-5 * np.abs(want).max())
   per_channel = np.asarray(sep.separate(x.reshape(4, -1))).reshape(want.shape)
   assert (np.abs(want - per_channel).max() > 1e-3) == (stereo == "mid")
+  if stereo == "mid":  # served (TF-Serving's API, the stand-in server): the client finds and uses the signature
+    from vsep_tf.export import client as client_lib  # pylint: disable=import-outside-toplevel
+    from vsep_tf.export import dev_server  # pylint: disable=import-outside-toplevel
+    server, port = dev_server.serve(os.path.join(str(tmp_path), "tiny"), "tiny", port=0, host="127.0.0.1")
+    try:
+      remote = client_lib.ServingSeparator(f"127.0.0.1:{port}", "tiny")
+      assert "separate_channels" in remote.signatures
+      np.testing.assert_allclose(remote.separate_channels(x), want, atol=1e-5 * np.abs(want).max())
+    finally:
+      server.stop(grace=None)
 
 
 @pytest.mark.slow

@@ -8,6 +8,9 @@ only TF-Serving's public API is used, through the official stub
 (tensorflow_serving.apis.prediction_service_pb2_grpc.PredictionServiceStub):
 
   * Predict(signature_name="metadata") once: source names, sample rate, chunk length and cross-fade;
+  * GetModelMetadata(signature_def) once: whether the export separates a track's channels together
+    (`separate_channels`, a spectral separator's export); stereo chunks then go to it, so the served separation
+    equals the model directory's (masks of the mid channel), else every channel goes to serving_default alone;
   * Predict(signature_name="serving_default", inputs={"mix": tf.make_tensor_proto([batch, chunk])}) per batch of
     chunks: the file is streamed, resampled and cross-faded exactly as `python -m vsep_tf.separate` does
     (vsep_tf.inference.separate_files), so memory and request sizes do not grow with the file's length. The
@@ -22,6 +25,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
@@ -56,6 +60,19 @@ class ServingSeparator(Separator):
     self.chunk_overlap = int(meta["chunk_overlap"])
     self.mix = meta["mix"].item().decode("utf-8")
     self.method = f"serving/{meta['method'].item().decode('utf-8')}"
+    self.signatures = self.signature_names()
+
+  def signature_names(self) -> tuple:
+    """The served model's signatures (GetModelMetadata, metadata_field 'signature_def')."""
+    req = get_model_metadata_pb2.GetModelMetadataRequest()
+    req.model_spec.name = self.model_name
+    if self.version is not None:
+      req.model_spec.version.value = int(self.version)
+    req.metadata_field.append("signature_def")
+    response = self.stub.GetModelMetadata(req, timeout=self.timeout)
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(sig_map)
+    return tuple(sorted(sig_map.signature_def))
 
   def request(self, signature_name: str, inputs: dict) -> predict_pb2.PredictRequest:
     req = predict_pb2.PredictRequest()
@@ -80,6 +97,16 @@ class ServingSeparator(Separator):
       return self.predict(self.signature_name, {"mix": mix})["sources"]
     return separate_fixed_rows(lambda row: self.predict(self.signature_name, {"mix": row})["sources"], mix,
                                self.chunk_length, self.num_sources)
+
+  def separate_channels(self, mix) -> np.ndarray:
+    """mix [batch, channels, time] -> [batch, channels, N, time]: one Predict of the export's separate_channels
+    signature when it has one (and serving_default is the separation signature), else every channel alone."""
+    if self.signature_name != "serving_default" or "separate_channels" not in self.signatures:
+      return super().separate_channels(mix)
+    mix = np.asarray(mix, np.float32)
+    if mix.ndim != 3:
+      raise ValueError(f"separate_channels takes [batch, channels, time], got shape {mix.shape}")
+    return self.predict("separate_channels", {"mix": mix})["sources"]
 
 
 PROG = "serving_client"
