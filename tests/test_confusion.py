@@ -49,7 +49,7 @@ def test_table_matches_numpy_and_ranks():
   assert "**" in confusion.format_table(table, list(priors), [0.0])
 
 
-@pytest.mark.slow  # out of the default run and CI (15-minute budget); run with: pytest -m slow
+@pytest.mark.slow  # long: the slow lane (pytest -m slow, a CI lane of its own)
 def test_tool_on_a_trained_model_dir(tmp_path):
   cfg = run_flags.parse_flags([
       f"--model_dir={tmp_path / 'm'}", "--job=priors", "--dataset=toy", "--crop_length=256", "--batch_size=2",

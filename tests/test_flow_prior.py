@@ -276,6 +276,7 @@ def _train(m, make_batch, steps, lr, seed=0):
     step(tf.constant(clean), sigma)
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_a_few_adam_steps_lower_the_nll():
   tf.random.set_seed(0)
   m = tiny_prior()
@@ -290,6 +291,7 @@ def test_a_few_adam_steps_lower_the_nll():
   assert nll1 < nll0 - 0.1, (nll0, nll1)
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_prior_trained_on_sines_prefers_sines_to_squares():
   """Discrimination (the thesis' toy result, own class >> other): a tiny prior trained 60 Adam steps on noised sines
   gives held-out sines a higher log-density than square waves of the same frequencies and amplitudes."""

@@ -44,6 +44,7 @@ def test_fold_recovers_an_exact_periodic_signal_and_caps_bins_by_period():
   assert explained == pytest.approx(np.sum(fit ** 2))
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_decomposition_splits_toy_mixes_into_their_tones_without_class_knowledge():
   data = ToyData(seed=4321, item_length=16384)
   decompose = periodic.PeriodicDecomposition(data.sample_rate)
@@ -79,6 +80,7 @@ def test_assignment_is_the_permutation_of_least_total_energy():
   assert tuple(order) == brute
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 @pytest.mark.skipif(not SHIPPED_TOY_PRIORS.is_dir(), reason="pretrained/toy not present")
 def test_shipped_toy_priors_name_the_tones():
   """End to end with the shipped score priors on unseen items: each class gets its own tone back."""
@@ -112,6 +114,7 @@ def test_periodic_directories_refuse_export_with_a_pointer(tiny_priors_dir):
   assert saved_model.load_for_export(tiny_priors_dir).method == "langevin"  # the default is unchanged
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_periodic_check_splits_failures_into_decomposition_and_naming(tmp_path, tiny_priors_dir):
   """tools/periodic_check on one short held-out item with the shipped priors: the truth's naming bounds the priors'
   (best summed SI-SDR), the counts are consistent, and priors without an energy are refused with no output."""

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from vsep_tf import data as data_lib
@@ -29,6 +30,7 @@ def test_pretrained_is_small():
     assert os.path.exists(os.path.join(PRETRAINED, name, "train.log"))
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_shipped_toy_priors_are_score_priors_for_langevin():
   assert load_separator(os.path.join(PRETRAINED, "toy")).method == "periodic"  # what pretrained/toy separates by
   sep = load_separator(os.path.join(PRETRAINED, "toy"),
@@ -39,6 +41,7 @@ def test_shipped_toy_priors_are_score_priors_for_langevin():
   np.testing.assert_allclose(sep.separate(m).numpy().mean(1), m.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_posterior_check_finds_the_truth_stable_under_the_shipped_toy_priors(tmp_path, tiny_priors_dir):
   """tools/posterior_check: started at the true sources plus noise, the sampler under the shipped toy score priors
   stays at them (held-out items); blind starts are reported, not asserted (they fail: README, diagnosis). With

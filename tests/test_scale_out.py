@@ -97,7 +97,7 @@ def test_two_workers_match_one_process(tmp_path):
     np.testing.assert_array_equal(a.get_tensor(name), b.get_tensor(name), err_msg=name)
 
 
-@pytest.mark.slow  # out of the default run and CI (15-minute budget); run with: pytest -m slow
+@pytest.mark.slow  # long: the slow lane (pytest -m slow, a CI lane of its own)
 def test_sigkill_resumes_from_last_checkpoint(tmp_path):
   """SIGKILL after the first checkpoint: the rerun restores the latest complete checkpoint (no corrupt files)
   and trains on to --train_steps; at most the steps since that checkpoint are lost."""

@@ -95,6 +95,7 @@ def test_config_round_trip_and_non_causal_receptive_field():
 # ------------------------------------------------------------------------------------------- learning
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_learns_the_gaussian_denoiser():
   """White N(0, 1) data: the optimal denoiser is x / (1 + sigma^2), not the zero-init x sd^2 / (sd^2 + sigma^2)."""
   prior, losses = _train(_prior(), lambda b, r: r.normal(size=[b, 512]).astype(np.float32), 300, lr=1e-2)
@@ -112,6 +113,7 @@ def sine_and_square():
           for seed, kind in enumerate(("sine", "square"))}
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_denoises_its_class_and_discriminates(sine_and_square):
   """Each prior denoises its own class better than the input and better than the other class's prior."""
   rng = np.random.default_rng(7)
@@ -124,6 +126,7 @@ def test_denoises_its_class_and_discriminates(sine_and_square):
       assert own > _snr(clean, noisy) + 3.0 and own > other + 1.0, (kind, sigma, own, other, _snr(clean, noisy))
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_samples_are_finite_and_reproducible(sine_and_square):
   prior = sine_and_square["sine"]
   a = prior.sample(2, 1024, seed=5, num_steps=12).numpy()
@@ -133,6 +136,7 @@ def test_samples_are_finite_and_reproducible(sine_and_square):
   assert not np.allclose(a, prior.sample(2, 1024, seed=6, num_steps=12).numpy())
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_sampler_churn_zero_is_ddim_and_one_is_denoise_then_fresh_noise(sine_and_square):
   """sample_churn = 0: x <- D + (s'/s)(x - D) (the probability-flow ODE, Euler); 1: x <- D + s' z. Both
   re-derived step by step here from the denoiser and the same seeded noise."""
@@ -171,6 +175,7 @@ def _coloured(kind, n, length, rng):
   return x.astype(np.float32)
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_langevin_with_score_priors_separates_spectrally_distinct_classes():
   priors = {kind: _train(_prior(seed), lambda b, r, k=kind: _coloured(k, b, 1024, r), 200, seed=seed)[0]
             for seed, kind in enumerate(("low", "high"))}
@@ -184,6 +189,7 @@ def test_langevin_with_score_priors_separates_spectrally_distinct_classes():
   assert gain > 2.0, gain  # posterior samples, not the MMSE estimate: ~3 dB measured
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_elbo_prior_term_has_the_score_as_gradient(sine_and_square):
   prior = sine_and_square["sine"]
   s = tf.random.normal([2, 512])
@@ -204,6 +210,7 @@ def test_elbo_prior_term_has_the_score_as_gradient(sine_and_square):
   assert not np.allclose(pull, prior.score(s, sigma), atol=1e-2)
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_denoising_energy_is_the_diffusion_elbo_sum_and_ranks_classes(sine_and_square):
   """ScorePrior.denoising_energy re-derived on a 3-level grid; reproducible for a seed; lower for a prior's own
   class than for the other class, and lower for a clean sine than for the same sine with a square added."""
@@ -226,6 +233,7 @@ def test_denoising_energy_is_the_diffusion_elbo_sum_and_ranks_classes(sine_and_s
   assert np.all(sine.denoising_energy(x, grid, 1).numpy() < sine.denoising_energy(x + 0.3 * sq, grid, 1).numpy())
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_confusion_table_ranks_score_priors_by_denoising(sine_and_square):
   from vsep_tf.evaluation import confusion  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(3)

@@ -192,6 +192,7 @@ def test_variational_needs_prior_dir(tmp_path):
     separator_trainer.SeparatorTrainer(fv)
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_langevin_from_prior_dir(tiny_prior_dir):
   sep = load_separator(tiny_prior_dir, ["--langevin_levels=2", "--langevin_steps_per_level=2"])
   assert isinstance(sep, LangevinSeparator) and sep.mix == "mean"
@@ -202,6 +203,7 @@ def test_langevin_from_prior_dir(tiny_prior_dir):
   np.testing.assert_allclose(est.mean(1), m.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_variational_distills_a_teacher_then_maximises_the_elbo(tiny_prior_dir, tmp_path):
   """--teacher_dir (an NMF dir: solo-audio supervision only) feeds teacher estimates, never the sources."""
   nmf_dir = str(tmp_path / "nmf")
@@ -238,6 +240,7 @@ def test_init_from_warm_starts_the_encoder(tiny_prior_dir, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_sleep_phase_trains_on_prior_samples_only(tiny_prior_dir, tmp_path):
   """--sleep_steps: mixes of samples DRAWN FROM THE PRIORS (cached bank), then the ELBO on real mixes."""
   model_dir = str(tmp_path / "var")
@@ -266,6 +269,7 @@ def test_sleep_phase_trains_on_prior_samples_only(tiny_prior_dir, tmp_path):
   np.testing.assert_array_equal(again.bank, bank)
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_sleep_level_match_and_gain_scale_the_prior_samples(tiny_prior_dir, tmp_path):
   """--sleep_match_level: one factor per class brings the bank to the RMS of the solo training audio (tiny priors
   draw at levels far from the toy's 0.4-0.7); --sleep_gain_db=6: on top, every source of a sleep mix gets ONE
@@ -295,6 +299,7 @@ def test_sleep_level_match_and_gain_scale_the_prior_samples(tiny_prior_dir, tmp_
   assert gains_db.std() > 1.0  # really random, not all ~0 dB
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_resumed_run_ends_each_phase_at_its_step(tiny_prior_dir, tmp_path):
   """A run stopped inside the sleep phase resumes it up to --sleep_steps, not --sleep_steps MORE steps."""
   model_dir = str(tmp_path / "var")
@@ -321,6 +326,7 @@ TINY_SCORE = ["--prior=score", "--score.num_layers=3", "--score.residual_channel
               "--score.cond_channels=4", "--score.sample_steps=4", "--p_clean=0"]
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_score_priors_drive_sleep_then_elbo_and_langevin(tmp_path):
   """The whole unsupervised pipeline on score priors: prior training, sleep phase on their samples, ELBO."""
   prior_dir = str(tmp_path / "score_priors")
@@ -339,7 +345,7 @@ def test_score_priors_drive_sleep_then_elbo_and_langevin(tmp_path):
   np.testing.assert_allclose(sep.separate(m).numpy().mean(1), m.numpy(), atol=1e-5)
 
 
-@pytest.mark.slow  # out of the default run and CI (15-minute budget); run with: pytest -m slow
+@pytest.mark.slow  # long: the slow lane (pytest -m slow, a CI lane of its own)
 def test_ship_model_keeps_the_latest_checkpoint_only(tiny_prior_dir, tmp_path):
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
@@ -359,7 +365,7 @@ def test_ship_model_keeps_the_latest_checkpoint_only(tiny_prior_dir, tmp_path):
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".ship-")]  # no half-written copy left
 
 
-@pytest.mark.slow  # out of the default run and CI (15-minute budget); run with: pytest -m slow
+@pytest.mark.slow  # long: the slow lane (pytest -m slow, a CI lane of its own)
 def test_ship_model_writes_the_manifest_of_a_legacy_directory(tiny_prior_dir, tmp_path):
   """An older model directory (config.flags, no manifest.json) is refused by load_separator with a pointer to
   tools.ship_model, and the shipped copy of it loads."""

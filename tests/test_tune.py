@@ -30,7 +30,7 @@ def tune_flags(tune_dir, *extra):
   return fv
 
 
-@pytest.mark.slow  # out of the default run and CI (15-minute budget); run with: pytest -m slow
+@pytest.mark.slow  # long: the slow lane (pytest -m slow, a CI lane of its own)
 def test_flow_search_resumes_and_writes_a_train_flagfile(tmp_path):
   first = tune.search(tune_flags(tmp_path, "--max_trials=1"))
   project = tmp_path / "p"

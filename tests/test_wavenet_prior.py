@@ -189,6 +189,7 @@ def _discrimination(steps, length, n_test, sigmas, seed=0, eval_length=2048, **m
   return results
 
 
+@pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
 def test_sine_and_square_priors_rank_their_own_class_higher():
   """Fast variant (~15 s): tiny priors (RF 64), 300 Adam steps on 512-sample crops. Each prior scores its own
   class's held-out examples higher on average (nats per sample) and for at least 2/3 of the examples, noiseless
