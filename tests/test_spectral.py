@@ -127,17 +127,17 @@ def test_quality_presets(trained):
   iterations (a shipped one saves a 300-step fit); neither changes a --job=spectral model (no amortised encoder:
   one setting); explicit overrides win over the preset."""
   _, model_dir, _, _, _ = trained
-  assert model_dir_lib.quality_overrides(str(model_dir), "fast") == []
+  assert model_dir_lib.quality_overrides(model_dir_lib.load_config(str(model_dir)), "fast") == []
   assert load_separator(str(model_dir), quality="fast").settings == load_separator(str(model_dir)).settings
   shipped = "pretrained/chorales"
   assert model_dir_lib.load_config(shipped).job == "spectral_encoder"
   assert load_separator(shipped).settings["iterations"] == 300
   assert load_separator(shipped, quality="fast").settings["iterations"] == 0
   assert load_separator(shipped, quality="balanced").settings["iterations"] == 50
-  assert model_dir_lib.quality_overrides(str(model_dir), "balanced") == []
+  assert model_dir_lib.quality_overrides(model_dir_lib.load_config(str(model_dir)), "balanced") == []
   assert load_separator(shipped, ["--spectral_search.iterations=7"], quality="fast").settings["iterations"] == 7
   with pytest.raises(ValueError, match="quality"):
-    model_dir_lib.quality_overrides(shipped, "medium")
+    model_dir_lib.quality_overrides(model_dir_lib.load_config(shipped), "medium")
 
 
 def test_evaluate_reads_the_models_held_out_split(trained):

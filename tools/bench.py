@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -229,7 +230,7 @@ def _run_separate(model_dir: str, path: str, seconds: float, work_dir: str) -> d
   report = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {"rc": proc.returncode}
   if proc.returncode or report["rc"]:
     raise RuntimeError(f"separate --model_dir={model_dir} failed:\n{proc.stderr[-2000:]}")
-  subprocess.run(["rm", "-rf", out_dir], check=False)
+  shutil.rmtree(out_dir, ignore_errors=True)
   return {"peak_rss_mib": report["maxrss_kib"] / 1024, "wall_seconds": wall, "cli_rtf": wall / seconds}
 
 

@@ -254,13 +254,12 @@ def restore_extra_priors(extra_priors: Mapping[str, str], sample_rate: int, late
   return out
 
 
-def quality_overrides(model_dir: str, quality: str) -> list:
-  """The '--name=value' settings quality preset `quality` (QUALITIES) sets for this model: none for 'best' (its
-  saved settings) or for a kind with one setting; a spectral_encoder's MAP-fit iterations capped at
-  PRESET_ITERATIONS (never more than it saves)."""
+def quality_overrides(cfg: config_lib.Config, quality: str) -> list:
+  """The '--name=value' settings quality preset `quality` (QUALITIES) sets for a model of saved settings `cfg`
+  (load_config): none for 'best' (its saved settings) or for a kind with one setting; a spectral_encoder's
+  MAP-fit iterations capped at PRESET_ITERATIONS (never more than it saves)."""
   if quality not in QUALITIES:
     raise ValueError(f"quality={quality!r}; choose from {QUALITIES}")
-  cfg = load_config(model_dir)
   cap = PRESET_ITERATIONS.get(separator_kind(cfg), {}).get(quality)
   if cap is None:
     return []
@@ -286,7 +285,11 @@ def load_separator(model_dir: str, overrides: Sequence[str] = (), sources: Seque
     kinds only, same STFT, concentration, latent size and rate); they start the MAP fit from their own prior's
     encoder. With no `sources`, the model's classes then the extra ones."""
   manifest = read_manifest(model_dir)
-  cfg = load_config(model_dir, quality_overrides(model_dir, quality) + list(overrides))
+  saved = load_config(model_dir)
+  try:
+    cfg = saved.with_overrides(quality_overrides(saved, quality) + list(overrides))
+  except (KeyError, ValueError) as e:
+    raise ModelDirError(f"{model_dir}: {e}") from e
   names, rate, mix = tuple(manifest["source_names"]), manifest["sample_rate"], manifest["mix"]
   kind = separator_kind(cfg)
   extra_priors = dict(extra_priors or {})

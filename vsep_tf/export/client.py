@@ -30,7 +30,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from vsep_tf import cli
-from vsep_tf.separators.base import Separator, separate_fixed_rows
+from vsep_tf.separators.base import Separator, channels_batch, separate_fixed_rows
 
 GRPC_OPTIONS = [("grpc.max_send_message_length", 2 ** 31 - 1), ("grpc.max_receive_message_length", 2 ** 31 - 1)]
 
@@ -103,9 +103,7 @@ class ServingSeparator(Separator):
     signature when it has one (and serving_default is the separation signature), else every channel alone."""
     if self.signature_name != "serving_default" or "separate_channels" not in self.signatures:
       return super().separate_channels(mix)
-    mix = np.asarray(mix, np.float32)
-    if mix.ndim != 3:
-      raise ValueError(f"separate_channels takes [batch, channels, time], got shape {mix.shape}")
+    mix = channels_batch(mix)
     return self.predict("separate_channels", {"mix": mix})["sources"]
 
 

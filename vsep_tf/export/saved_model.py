@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 import vsep_tf
-from vsep_tf.separators.base import Separator
+from vsep_tf.separators.base import Separator, channels_batch
 
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
@@ -268,9 +268,7 @@ class SavedModelSeparator(Separator):
     channels separated together, as the exported separator does) if it has one, else every channel on its own."""
     if self._channels_fn is None:
       return super().separate_channels(mix)
-    mix = np.asarray(mix, np.float32)
-    if mix.ndim != 3:
-      raise ValueError(f"separate_channels takes [batch, channels, time], got shape {mix.shape}")
+    mix = channels_batch(mix)
     return self._channels_fn(mix=tf.constant(mix))["sources"].numpy()
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from vsep_tf.export import saved_model as saved_model_lib
-from vsep_tf.separators.base import Separator, separate_fixed_rows
+from vsep_tf.separators.base import Separator, channels_batch, separate_fixed_rows
 
 QUANTIZATIONS = {"none": "f32", "dynamic": "dynamic", "float16": "f16"}
 SIGNATURE = "separate_chunk"
@@ -272,9 +272,7 @@ class TFLiteSeparator(Separator):
                                self.num_sources)
 
   def separate_channels(self, mix) -> np.ndarray:
-    mix = np.asarray(mix, np.float32)
-    if mix.ndim != 3:
-      raise ValueError(f"separate_channels takes [batch, channels, time], got shape {mix.shape}")
+    mix = channels_batch(mix)
     if self.graph != ONE_PASS or self.meta.get("stereo", "mid") != "mid" or mix.shape[1] == 1:
       return super().separate_channels(mix)
     b, c, t = mix.shape

@@ -18,6 +18,15 @@ from vsep_tf import signal as signal_lib
 from vsep_tf.data import mixing
 
 
+def channels_batch(mix) -> np.ndarray:
+  """mix as float32 numpy [batch, channels, time], the input of Separator.separate_channels (ValueError if not
+  3-D)."""
+  mix = np.asarray(mix, np.float32)
+  if mix.ndim != 3:
+    raise ValueError(f"separate_channels takes [batch, channels, time], got shape {mix.shape}")
+  return mix
+
+
 class Separator:
   """Base class. Subclasses set the attributes below and implement `separate`."""
 
@@ -39,9 +48,7 @@ class Separator:
   def separate_channels(self, mix) -> np.ndarray:
     """mix [batch, channels, time] -> [batch, channels, N, time]: every channel on its own here; mask
     separators override it to use what the channels share (one set of masks from the mid channel)."""
-    mix = np.asarray(mix, np.float32)
-    if mix.ndim != 3:
-      raise ValueError(f"separate_channels takes [batch, channels, time], got shape {mix.shape}")
+    mix = channels_batch(mix)
     b, c, t = mix.shape
     return np.asarray(self.separate(mix.reshape(b * c, t))).reshape(b, c, self.num_sources, t)
 

@@ -51,7 +51,7 @@ from vsep_tf import signal as signal_lib
 from vsep_tf.data import mixing
 from vsep_tf.layers.wavenet import WaveNet
 from vsep_tf.priors.spectral import normalised_log_spectrum
-from vsep_tf.separators.base import Separator
+from vsep_tf.separators.base import Separator, channels_batch
 from vsep_tf.separators.masks import masks_to_sources, ratio_masks, to_sum_mix
 
 INITS = ("encoder", "zero")
@@ -327,9 +327,7 @@ class SpectralPriorSeparator(Separator):
 
   def separate_channels(self, mix):
     """mix [batch, channels, time] -> [batch, channels, N, time] (stereo setting 'mid' or 'independent')."""
-    mix = np.asarray(mix, np.float32)
-    if mix.ndim != 3:
-      raise ValueError(f"separate_channels takes [batch, channels, time], got shape {mix.shape}")
+    mix = channels_batch(mix)
     if mix.shape[1] == 1 or self.settings["stereo"] == "independent":
       return super().separate_channels(mix)
     return self._channels_fn(tf.convert_to_tensor(mix)).numpy()
