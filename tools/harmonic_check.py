@@ -62,15 +62,13 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from vsep_tf import signal as signal_lib  # pylint: disable=import-outside-toplevel
   from vsep_tf.data.toy import TOY_ITEM_LENGTH, ToyData  # pylint: disable=import-outside-toplevel
+  from vsep_tf.data.toy import frequency_to_key, key_to_frequency  # pylint: disable=import-outside-toplevel
   from vsep_tf.separators.masks import masks_to_sources, ratio_masks  # pylint: disable=import-outside-toplevel
 
   tf.random.set_seed(FLAGS.seed)
   n, num_h, res = len(CLASSES), FLAGS.harmonics, FLAGS.resolution
   grid_size = int((KEY_RANGE[1] - KEY_RANGE[0]) * res)
   profiles = tf.constant(np.stack([fourier_amplitudes(c, num_h) for c in CLASSES]))   # [N, H]
-
-  def key_to_hz(key):
-    return 440.0 * tf.pow(2.0, (key - 49.0) / 12.0)
 
   def window_response(d):
     """The periodic Hann window's DFT at d bins from a partial, 1 at d = 0 (real, signed)."""
@@ -101,12 +99,11 @@ def main(argv):
     phase = phases[..., None] - math.pi * d                                # a centred frame's linear phase
     return tf.complex(scatter(value * tf.cos(phase)), scatter(value * tf.sin(phase)))
 
-  def shapes(keys):
-    """Unit-mass frame models [N, F, BINS] of the classes at pitches keys [N, F]."""
+  def shapes(hz):
+    """Unit-mass frame models [N, F, BINS] of the classes at pitches hz [N, F]."""
     out = []
     for k in range(n):
-      amps = tf.tile(profiles[k][None], [tf.shape(keys)[1], 1])
-      v = comb(key_to_hz(keys[k]), amps)
+      v = comb(hz[k], tf.tile(profiles[k][None], [tf.shape(hz)[1], 1]))
       out.append(v / tf.reduce_sum(v, -1, keepdims=True))
     return tf.stack(out)
 
@@ -114,7 +111,7 @@ def main(argv):
     u = x / (tf.reduce_sum(x, -1, keepdims=True) + 1e-8)
     return tf.math.log(u * BINS + 1e-3)
 
-  grid_hz = 440.0 * 2 ** ((KEY_RANGE[0] + np.arange(grid_size) / res - 49.0) / 12.0)
+  grid_hz = key_to_frequency(KEY_RANGE[0] + np.arange(grid_size) / res)
   pos = np.stack([np.clip(grid_hz * m * N_FFT / SAMPLE_RATE, 0, BINS - 1.001) for m in MULTIPLES], -1)
   low, frac = tf.constant(np.floor(pos).astype(np.int32)), tf.constant((pos - np.floor(pos)).astype(np.float32))
 
@@ -133,7 +130,7 @@ def main(argv):
   def train_step():
     keys = tf.random.uniform([FLAGS.batch_size, n], 0.1, 64.9)
     gains = tf.random.uniform([FLAGS.batch_size, n], 0.8, 1.0)
-    mix = tf.add_n([comb(key_to_hz(keys[:, k]), gains[:, k:k + 1] * profiles[k][None],
+    mix = tf.add_n([comb(key_to_frequency(keys[:, k]), gains[:, k:k + 1] * profiles[k][None],
                          tf.random.uniform([FLAGS.batch_size, num_h], 0, 2 * math.pi)) for k in range(n)])
     label = tf.clip_by_value(tf.cast(tf.round((keys - KEY_RANGE[0]) * res), tf.int32), 0, grid_size - 1)
     with tf.GradientTape() as tape:
@@ -165,8 +162,8 @@ def main(argv):
     return g
 
   def fit(x, keys):
-    log_hz = tf.Variable(tf.math.log(key_to_hz(tf.constant(keys))))
-    log_g = tf.Variable(tf.math.log(kl_nmf_gains(x, shapes(tf.constant(keys))) + 1e-6))
+    log_hz = tf.Variable(np.log(key_to_frequency(keys)).astype(np.float32))
+    log_g = tf.Variable(tf.math.log(kl_nmf_gains(x, shapes(tf.exp(log_hz))) + 1e-6))
     opt = tf.keras.optimizers.Adam(2e-4)
     scale = 1.0 / tf.reduce_mean(tf.reduce_sum(x, -1))
     bin_hz = tf.range(BINS, dtype=tf.float32) * SAMPLE_RATE / N_FFT
@@ -174,14 +171,13 @@ def main(argv):
     @tf.function
     def step(cutoff):
       with tf.GradientTape() as tape:
-        keys_now = 49.0 + 12.0 * (log_hz - math.log(440.0)) / math.log(2.0)
-        y = tf.reduce_sum(tf.exp(log_g) * shapes(keys_now), 0) + 1e-8
+        y = tf.reduce_sum(tf.exp(log_g) * shapes(tf.exp(log_hz)), 0) + 1e-8
         band = tf.cast(bin_hz < cutoff, tf.float32)
         loss = scale * tf.reduce_sum(band * (x * tf.math.log((x + 1e-8) / y) - x + y))
       opt.apply_gradients(zip(tape.gradient(loss, [log_hz, log_g]), [log_hz, log_g]))
     for i in range(FLAGS.fit_steps):
       step(tf.constant(1000.0 * (SAMPLE_RATE / 2000.0) ** min(1.0, i / (0.75 * FLAGS.fit_steps)), tf.float32))
-    return (49.0 + 12.0 * (log_hz.numpy() - math.log(440.0)) / math.log(2.0)).astype(np.float32)
+    return frequency_to_key(np.exp(log_hz.numpy())).astype(np.float32)
 
   data = ToyData(seed=FLAGS.toy_seed, item_length=FLAGS.length or TOY_ITEM_LENGTH)
   scale = n if data.mix == "mean" else 1
@@ -196,7 +192,7 @@ def main(argv):
 
     def score(keys):
       """SI-SDR per class of the Wiener masks of the combs at pitches keys [N, F] (gains by KL-NMF)."""
-      w = shapes(tf.constant(keys))
+      w = shapes(tf.constant(key_to_frequency(keys), tf.float32))
       g = kl_nmf_gains(x, w)
       est = masks_to_sources(ratio_masks((g * w)[None], 2.0), spec, N_FFT, HOP, mix.shape[-1])[0].numpy() / scale
       return [float(signal_lib.si_sdr(sources[k], est[k])) for k in range(n)]
