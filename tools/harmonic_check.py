@@ -36,11 +36,14 @@ flags.DEFINE_integer("num_examples", 10, "Held-out toy items.")
 flags.DEFINE_integer("length", 0, "Samples per item (0: the recipe's 48,000).")
 flags.DEFINE_integer("toy_seed", 1234, "Toy data seed of the held-out items.")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic mixes and the encoder's init.")
+flags.DEFINE_integer("n_fft", 4096, "STFT size.")
+flags.DEFINE_integer("hop", 1024, "STFT hop.")
+flags.DEFINE_float("mask_power", 2.0, "Wiener mask power.")
+flags.DEFINE_string("encoder_weights", None, "Keras weights file: loaded if it exists (no training), else saved after training.")
 flags.DEFINE_string("output_json", None, "Where the results go (JSON).")
 FLAGS = flags.FLAGS
 
-SAMPLE_RATE, N_FFT, HOP = 14700, 4096, 1024
-BINS = N_FFT // 2 + 1
+SAMPLE_RATE = 14700
 KEY_RANGE = (0.0, 66.0)             # the pitch grid, piano keys (the toy draws keys in 0.1 .. 64.9)
 MULTIPLES = (0.5, 1, 2, 3, 4, 5, 6, 7, 8)
 TAPS = 4                            # window-response taps each side of a harmonic
@@ -62,21 +65,16 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from vsep_tf import signal as signal_lib  # pylint: disable=import-outside-toplevel
   from vsep_tf.data.toy import TOY_ITEM_LENGTH, ToyData  # pylint: disable=import-outside-toplevel
+  from vsep_tf.priors.harmonic import window_response  # pylint: disable=import-outside-toplevel
   from vsep_tf.data.toy import frequency_to_key, key_to_frequency  # pylint: disable=import-outside-toplevel
   from vsep_tf.separators.masks import masks_to_sources, ratio_masks  # pylint: disable=import-outside-toplevel
 
   tf.random.set_seed(FLAGS.seed)
+  N_FFT, HOP = FLAGS.n_fft, FLAGS.hop  # pylint: disable=invalid-name
+  BINS = N_FFT // 2 + 1  # pylint: disable=invalid-name
   n, num_h, res = len(CLASSES), FLAGS.harmonics, FLAGS.resolution
   grid_size = int((KEY_RANGE[1] - KEY_RANGE[0]) * res)
   profiles = tf.constant(np.stack([fourier_amplitudes(c, num_h) for c in CLASSES]))   # [N, H]
-
-  def window_response(d):
-    """The periodic Hann window's DFT at d bins from a partial, 1 at d = 0 (real, signed)."""
-    ad = tf.abs(d)
-    zero, one = ad < 1e-6, tf.abs(ad - 1.0) < 1e-4
-    safe = tf.where(zero | one, tf.fill(tf.shape(ad), 0.5), ad)
-    w = tf.sin(math.pi * safe) / (math.pi * safe) / (1.0 - tf.square(safe))
-    return tf.where(zero, tf.ones_like(w), tf.where(one, tf.fill(tf.shape(w), 0.5), w))
 
   def comb(hz, amps, phases=None):
     """STFT frames [R, BINS] of combs at pitches hz [R] with harmonic amplitudes amps [R, H]: magnitudes added
@@ -140,11 +138,17 @@ def main(argv):
     return loss
 
   t0 = time.time()
-  for step in range(FLAGS.steps):
+  import os  # pylint: disable=import-outside-toplevel
+  loaded = bool(FLAGS.encoder_weights) and os.path.exists(FLAGS.encoder_weights)
+  if loaded:
+    encoder.load_weights(FLAGS.encoder_weights)
+  for step in range(0 if loaded else FLAGS.steps):
     loss = train_step()
     if step % 100 == 0 or step == FLAGS.steps - 1:
       print(f"step {step}: cross-entropy {float(loss):.3f} ({time.time() - t0:.0f} s)", flush=True)
   train_seconds = time.time() - t0
+  if FLAGS.encoder_weights and not loaded:
+    encoder.save_weights(FLAGS.encoder_weights)
 
   def encoder_keys(x):
     """Pitch per class and frame [N, F] (keys): the argmax of the encoder's logits, refined by a parabola."""
@@ -179,6 +183,27 @@ def main(argv):
       step(tf.constant(1000.0 * (SAMPLE_RATE / 2000.0) ** min(1.0, i / (0.75 * FLAGS.fit_steps)), tf.float32))
     return frequency_to_key(np.exp(log_hz.numpy())).astype(np.float32)
 
+  def refine(x, keys, sweeps=2, span=0.06, points=41):
+    """Coordinate-wise local grid search of each class's pitch per frame (least squares on magnitudes, the
+    other classes fixed at their KL-NMF gains; the closed-form gain of the candidate)."""
+    keys = keys.copy()
+    offsets = np.linspace(-span, span, points).astype(np.float32)
+    frames = x.shape[0]
+    for _ in range(sweeps):
+      for k in range(n):
+        w = shapes(tf.constant(key_to_frequency(keys), tf.float32))
+        g = kl_nmf_gains(x, w)
+        others = tf.reduce_sum(g * w, 0) - g[k] * w[k]
+        e = x - others                                                          # [F, B]
+        cand = (keys[k][None] + offsets[:, None]).reshape(-1)                   # [P * F]
+        v = comb(tf.constant(key_to_frequency(cand), tf.float32), tf.tile(profiles[k][None], [len(cand), 1]))
+        v = tf.reshape(v, [points, frames, BINS])
+        dot = tf.reduce_sum(v * e[None], -1)
+        gain = tf.reduce_sum(v * v, -1)
+        objective = tf.where(dot > 0, dot * dot / gain, tf.zeros_like(dot)).numpy()   # [P, F]
+        keys[k] = keys[k] + offsets[objective.argmax(0)]
+    return keys
+
   data = ToyData(seed=FLAGS.toy_seed, item_length=FLAGS.length or TOY_ITEM_LENGTH)
   scale = n if data.mix == "mean" else 1
   rows = {"oracle_pitch": [], "encoder": [], "pitch_error_semitones": []}
@@ -194,7 +219,7 @@ def main(argv):
       """SI-SDR per class of the Wiener masks of the combs at pitches keys [N, F] (gains by KL-NMF)."""
       w = shapes(tf.constant(key_to_frequency(keys), tf.float32))
       g = kl_nmf_gains(x, w)
-      est = masks_to_sources(ratio_masks((g * w)[None], 2.0), spec, N_FFT, HOP, mix.shape[-1])[0].numpy() / scale
+      est = masks_to_sources(ratio_masks((g * w)[None], FLAGS.mask_power), spec, N_FFT, HOP, mix.shape[-1])[0].numpy() / scale
       return [float(signal_lib.si_sdr(sources[k], est[k])) for k in range(n)]
 
     true_keys = np.repeat(truth["key"][0][:, None], frames, 1).astype(np.float32)
@@ -202,6 +227,13 @@ def main(argv):
     keys = encoder_keys(x)
     rows["pitch_error_semitones"].append(np.median(np.abs(keys - true_keys), 1).tolist())
     rows["encoder"].append(score(keys))
+    rows.setdefault("encoder_item_median", []).append(score(np.repeat(np.median(keys, 1, keepdims=True), frames, 1)))
+    padded = np.pad(keys, ((0, 0), (2, 2)), mode="edge")
+    filt = np.median(np.lib.stride_tricks.sliding_window_view(padded, 5, axis=1), -1)
+    rows.setdefault("encoder_medfilt5", []).append(score(filt))
+    ref = refine(x, filt)
+    rows.setdefault("medfilt5_refine", []).append(score(ref))
+    rows.setdefault("refine_error", []).append(np.median(np.abs(ref - true_keys), 1).tolist())
     if FLAGS.fit_steps:
       rows["encoder_fit"].append(score(fit(x, keys)))
     print(name, {k: np.round(v[-1], 2).tolist() for k, v in rows.items()}, flush=True)

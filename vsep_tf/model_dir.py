@@ -57,7 +57,8 @@ class ModelDirError(ValueError):
 
 
 def separator_kind(settings: Mapping) -> str:
-  """How a model with these settings separates: langevin, periodic, encoder, nmf, spectral, spectral_encoder."""
+  """How a model with these settings separates: langevin, periodic, encoder, nmf, spectral, spectral_encoder,
+  harmonic (harmonic_priors: the priors of one, which do not separate alone)."""
   job = settings["job"]
   if job == "priors":
     return settings.get("priors_search", "langevin")
@@ -65,6 +66,8 @@ def separator_kind(settings: Mapping) -> str:
     return "encoder"
   if job == "spectral_separator":
     return "spectral_encoder"
+  if job == "harmonic_separator":
+    return "harmonic"
   return job
 
 
@@ -75,8 +78,8 @@ def model_families(settings: Mapping) -> tuple:
     return settings["prior"], "periodic"
   if kind == "spectral":  # the family of its kind of prior (--spectral_prior: vae -> spectral, flow -> spectral_flow)
     return registry.spectral_prior_family(settings), "spectral_search"
-  return {"encoder": ("encoder",), "nmf": ("nmf",),
-          "spectral_encoder": ("spectral_encoder", "spectral_search")}.get(kind, ())
+  return {"encoder": ("encoder",), "nmf": ("nmf",), "spectral_encoder": ("spectral_encoder", "spectral_search"),
+          "harmonic_priors": ("harmonic",), "harmonic": ("harmonic_encoder", "harmonic_search")}.get(kind, ())
 
 
 # Run settings that only concern some kinds of model (by name prefix): left out of the others' manifests.
@@ -209,6 +212,16 @@ def restore_spectral_priors(model_dir: str) -> dict:
   return priors
 
 
+def restore_harmonic_priors(model_dir: str) -> dict:
+  """{source name: HarmonicPrior} of a --job=harmonic_priors model directory (fitted)."""
+  manifest = read_manifest(model_dir)
+  if manifest["settings"]["job"] != "harmonic_priors":
+    raise ModelDirError(f"{model_dir} holds a {manifest['separator']} model, not harmonic priors")
+  priors = registry.build_harmonic_priors(manifest["settings"], manifest["source_names"], manifest["sample_rate"])
+  restore(model_dir, priors=priors)
+  return priors
+
+
 class SourcesError(ModelDirError):
   """--sources names a class the model (and its --extra_priors) has no prior for, or a class twice."""
 
@@ -321,6 +334,18 @@ def load_separator(model_dir: str, overrides: Sequence[str] = (), sources: Seque
     from vsep_tf.separators.nmf import NMF_FILENAME, NMFSeparator  # pylint: disable=import-outside-toplevel
     separator = NMFSeparator.load(os.path.join(model_dir, NMF_FILENAME))
     return separator if chosen == names else separator.subset(chosen)
+  if kind == "harmonic":
+    from vsep_tf.separators.harmonic import HarmonicSeparator, PitchEncoder  # pylint: disable=import-outside-toplevel
+    priors = restore_harmonic_priors(component_dir(model_dir, PRIORS_SUBDIR))
+    encoder = PitchEncoder.for_priors(priors, **registry.factory_kwargs(cfg, "harmonic_encoder"))
+    restore(model_dir, encoder=encoder)
+    if chosen != names:
+      raise SourcesError(f"{model_dir}: a harmonic separator's pitch encoder names every class it was trained with "
+                         f"({', '.join(names)}); it cannot separate a subset")
+    return HarmonicSeparator(priors, encoder, rate, mix, **registry.factory_kwargs(cfg, "harmonic_search"))
+  if kind == "harmonic_priors":
+    raise ModelDirError(f"{model_dir} holds harmonic priors only; a --job=harmonic_separator directory (priors and "
+                        f"pitch encoder) separates")
   if kind in ("spectral", "spectral_encoder"):
     from vsep_tf.separators import spectral  # pylint: disable=import-outside-toplevel
     options = registry.factory_kwargs(cfg, "spectral_search")

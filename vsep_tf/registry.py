@@ -16,9 +16,10 @@ import tensorflow as tf
 
 from vsep_tf import data as data_lib
 from vsep_tf import priors as priors_lib
+from vsep_tf.priors.harmonic import build_harmonic_prior
 from vsep_tf.priors.spectral import build_spectral_prior
 from vsep_tf.priors.spectral_flow import build_spectral_flow_prior
-from vsep_tf.separators import encoder, nmf, periodic
+from vsep_tf.separators import encoder, harmonic, nmf, periodic
 from vsep_tf.separators import spectral as spectral_search
 
 # Factory arguments that are not model hyperparameters (Keras names; seeds come from the 'seed' setting).
@@ -29,7 +30,9 @@ FAMILIES = {**priors_lib.PRIORS, "encoder": encoder.build_encoder, "nmf": nmf.nm
             "periodic": periodic.periodic_hyperparameters, "spectral": build_spectral_prior,
             "spectral_search": spectral_search.spectral_search_hyperparameters,
             "spectral_encoder": spectral_search.build_spectral_encoder,
-            "spectral_flow": build_spectral_flow_prior}
+            "spectral_flow": build_spectral_flow_prior, "harmonic": build_harmonic_prior,
+            "harmonic_encoder": harmonic.build_pitch_encoder,
+            "harmonic_search": harmonic.harmonic_search_hyperparameters}
 # The kinds of spectral prior (--spectral_prior) and the family whose factory builds each.
 SPECTRAL_PRIOR_FAMILIES = {"vae": "spectral", "flow": "spectral_flow"}
 
@@ -47,6 +50,11 @@ def build_spectral_priors(cfg: Mapping, source_names) -> dict:
   '<family>.*' hyperparameters."""
   family = spectral_prior_family(cfg)
   return {name: FAMILIES[family](**factory_kwargs(cfg, family)) for name in source_names}
+
+
+def build_harmonic_priors(cfg: Mapping, source_names, sample_rate: int) -> dict:
+  """{source name: HarmonicPrior} (not yet fitted) with the 'harmonic.*' hyperparameters of cfg."""
+  return {name: build_harmonic_prior(sample_rate, **factory_kwargs(cfg, "harmonic")) for name in source_names}
 
 
 def family_defaults(family: str) -> dict:

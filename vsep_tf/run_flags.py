@@ -23,14 +23,17 @@ def _define_run_flags(fv: flags.FlagValues):
   # --- run ---
   flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard logs and config.flags go.", flag_values=fv)
   flags.DEFINE_enum("job", "spectral_separator",
-                    ["spectral_separator", "spectral", "spectral_encoder", "nmf", "priors", "variational",
-                     "supervised"],
+                    ["spectral_separator", "spectral", "spectral_encoder", "harmonic_separator", "harmonic_priors",
+                     "harmonic", "nmf", "priors", "variational", "supervised"],
                     "What to train. 'spectral_separator' (the recipe that works): one spectral VAE prior per source "
                     "class from solo audio into <model_dir>/priors (--prior_steps, --prior_batch_size, "
                     "--prior_learning_rate), then the amortised encoder on mixes alone by their ELBO into "
                     "<model_dir> (--train_steps, --batch_size, --learning_rate); one directory, resumable at every "
                     "stage. Its stages alone: 'spectral' (the priors; separates by MAP from their own encoders), "
-                    "'spectral_encoder' (the encoder for the priors of --prior_dir). Baseline: 'nmf' (per-class "
+                    "'spectral_encoder' (the encoder for the priors of --prior_dir). 'harmonic_separator' (steady "
+                    "harmonic tones, e.g. the toy: one harmonic prior per class fitted to solo audio into "
+                    "<model_dir>/priors, then a pitch encoder by a sleep phase on their samples: --train_steps, "
+                    "--batch_size frames; stages 'harmonic_priors', 'harmonic'). Baseline: 'nmf' (per-class "
                     "NMF dictionaries). Waveform methods (docs/research.md): 'priors' (one waveform prior per "
                     "class: --prior; separates by Langevin), 'variational' (waveform encoder on mixes by the "
                     "ELBO of --prior_dir's frozen priors), 'supervised' (the same encoder on (mix, sources) "

@@ -363,6 +363,11 @@ def get_trainer(job: str):
   if job == "spectral_separator":
     from vsep_tf.training.pipeline import SpectralSeparatorPipeline  # pylint: disable=import-outside-toplevel
     return SpectralSeparatorPipeline
+  if job in ("harmonic_separator", "harmonic_priors", "harmonic"):
+    from vsep_tf.training import harmonic_trainer  # pylint: disable=import-outside-toplevel
+    return {"harmonic_separator": harmonic_trainer.HarmonicSeparatorPipeline,
+            "harmonic_priors": harmonic_trainer.HarmonicPriorFitter,
+            "harmonic": harmonic_trainer.HarmonicEncoderTrainer}[job]
   if job == "priors":
     return PriorTrainer
   if job in ("variational", "supervised"):
