@@ -10,10 +10,13 @@ is the sum of one such frame per class, so separating it means finding each clas
    over the grid per class. Trained by a SLEEP phase (training/harmonic_trainer.py): on mixes of the priors' own
    samples with their known fundamentals (cross-entropy), never on a data set's mixes or sources. Read out per
    frame: the argmax and a parabola through its neighbours' logits; then a running median over `median_frames`
-   frames (a tone's pitch holds for a while; an isolated jump is an error).
-2. Combs at those fundamentals (unit mass), the gains by `nmf_iterations` multiplicative KL-NMF updates (the
+   frames (a tone's pitch holds for a while; an isolated jump is an error), or with median_frames 0 one pitch
+   per class for the whole excerpt (steady tones: the toy).
+2. Refinement (`refine_sweeps`, a search under the same priors): each class's pitch in turn moves to the offset,
+   on a fine grid around it, whose comb explains most of what the other classes leave of the mix frames.
+3. Combs at those fundamentals (unit mass), the gains by `nmf_iterations` multiplicative KL-NMF updates (the
    combs are the dictionary, one atom per class and frame).
-3. Wiener masks |V_k|^p / sum_j |V_j|^p on the mixture's STFT, inverted (masks.py): the estimates add up to it.
+4. Wiener masks |V_k|^p / sum_j |V_j|^p on the mixture's STFT, inverted (masks.py): the estimates add up to it.
 
 Everything is TensorFlow ops on [batch, time] inputs, so the separator exports as a SavedModel
 (export/saved_model.py). ASSUMPTION (the priors'): one harmonic tone per class and frame.
@@ -28,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from vsep_tf import signal as signal_lib
+from vsep_tf.layers.tracking import get_layer_list, set_layer_list
 from vsep_tf.priors.harmonic import SEMITONE, HarmonicPrior
 from vsep_tf.priors.spectral import normalised_log_spectrum
 from vsep_tf.separators.base import Separator
@@ -36,15 +40,25 @@ from vsep_tf.separators.masks import masks_to_sources, ratio_masks, to_sum_mix
 MULTIPLES = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
 
 
-def harmonic_search_hyperparameters(median_frames: int = 5, nmf_iterations: int = 50,
+def harmonic_search_hyperparameters(median_frames: int = 5, refine_sweeps: int = 2, refine_semitones: float = 0.06,
+                                    refine_points: int = 41, nmf_iterations: int = 50,
                                     mask_power: float = 2.0) -> Dict:
-  """The separator's settings (flags --harmonic_search.<name>): median_frames, the running median over frames of
-  each class's pitch (1: none); nmf_iterations, KL-NMF updates of the gains; mask_power, p of the Wiener masks."""
-  if int(median_frames) < 1 or int(median_frames) % 2 == 0:
-    raise ValueError(f"median_frames must be odd and >= 1, got {median_frames}")
-  if int(nmf_iterations) < 1:
-    raise ValueError(f"nmf_iterations must be >= 1, got {nmf_iterations}")
-  return {"median_frames": int(median_frames), "nmf_iterations": int(nmf_iterations), "mask_power": float(mask_power)}
+  """The separator's settings (flags --harmonic_search.<name>).
+
+  median_frames: the running median over frames of each class's pitch (odd; 1: none); 0: ONE pitch per class for
+    the whole excerpt (the median over its frames), for steady tones (the toy).
+  refine_sweeps / refine_semitones / refine_points: sweeps of the pitch refinement (0: none), each class in turn on
+    a grid of refine_points offsets within +-refine_semitones (module docstring).
+  nmf_iterations: KL-NMF updates of the gains. mask_power: p of the Wiener masks."""
+  median_frames = int(median_frames)
+  if median_frames < 0 or (median_frames and median_frames % 2 == 0):
+    raise ValueError(f"median_frames must be 0 or odd, got {median_frames}")
+  if int(nmf_iterations) < 1 or int(refine_sweeps) < 0 or int(refine_points) < 1 or refine_semitones < 0:
+    raise ValueError(f"need nmf_iterations >= 1, refine_sweeps >= 0, refine_points >= 1, refine_semitones >= 0; "
+                     f"got {nmf_iterations}, {refine_sweeps}, {refine_points}, {refine_semitones}")
+  return {"median_frames": median_frames, "refine_sweeps": int(refine_sweeps),
+          "refine_semitones": float(refine_semitones), "refine_points": int(refine_points),
+          "nmf_iterations": int(nmf_iterations), "mask_power": float(mask_power)}
 
 
 def build_pitch_encoder(resolution: int = 8, channels: int = 64, widths: tuple = (9, 9, 25, 9)) -> Dict:
@@ -75,8 +89,9 @@ class PitchEncoder(keras.Model):
     pos = np.stack([np.clip(grid_hz * m * self.n_fft / self.sample_rate, 0, bins - 1.001) for m in MULTIPLES], -1)
     self._low = np.floor(pos).astype(np.int32)                               # [grid, multiples]
     self._frac = (pos - np.floor(pos)).astype(np.float32)
-    self.convs = [keras.layers.Conv1D(self.channels, w, padding="same", activation="gelu", name=f"conv{i}")
-                  for i, w in enumerate(self.widths)]
+    # Attributes conv_0, conv_1, ..., not a list attribute: a list's layers would be missing from checkpoints.
+    set_layer_list(self, "conv", [keras.layers.Conv1D(self.channels, w, padding="same", activation="gelu",
+                                                      name=f"conv_{i}") for i, w in enumerate(self.widths)])
     self.head = keras.layers.Conv1D(self.num_sources, 1, name="head")
 
   @classmethod
@@ -101,7 +116,7 @@ class PitchEncoder(keras.Model):
 
   def call(self, x, training=False):
     h = self.harmonic_stack(x)
-    for conv in self.convs:
+    for conv in get_layer_list(self, "conv"):
       h = conv(h)
     return tf.transpose(self.head(h), [0, 2, 1])
 
@@ -131,10 +146,12 @@ def running_median(x, width: int):
 
 
 def kl_gains(x, shapes, iterations: int):
-  """Gains g [N, R, 1] >= 0 of unit-mass atoms shapes [N, R, bins] for frames x [R, bins]: multiplicative
-  updates of the generalised KL divergence D(x || sum_k g_k shapes_k), from an equal split of each frame's mass."""
+  """Gains g [N, ..., F, 1] >= 0 of unit-mass atoms shapes [N, ..., F or 1, bins] for frames x [..., F, bins]:
+  multiplicative updates of the generalised KL divergence D(x || sum_k g_k shapes_k), from an equal split of each
+  frame's mass (an atom with one frame serves every frame)."""
+  shapes = shapes + tf.zeros_like(x)[None]                                  # one atom per frame
   n = tf.cast(tf.shape(shapes)[0], tf.float32)
-  g = tf.tile(tf.reduce_sum(x, -1)[None, :, None] / n, [tf.shape(shapes)[0], 1, 1])
+  g = tf.ones_like(shapes[..., :1]) * tf.reduce_sum(x, -1, keepdims=True)[None] / n
   for _ in range(iterations):
     model = tf.reduce_sum(g * shapes, 0) + 1e-8
     g = g * tf.reduce_sum(shapes * (x / model)[None], -1, keepdims=True) / (
@@ -148,7 +165,8 @@ class HarmonicSeparator(Separator):
   method = "harmonic"
 
   def __init__(self, priors: Dict[str, HarmonicPrior], encoder: PitchEncoder, sample_rate: int, mix: str,
-               median_frames: int = 5, nmf_iterations: int = 50, mask_power: float = 2.0,
+               median_frames: int = 5, refine_sweeps: int = 2, refine_semitones: float = 0.06,
+               refine_points: int = 41, nmf_iterations: int = 50, mask_power: float = 2.0,
                chunk_length: int = 2 ** 18):
     self.priors = dict(priors)
     self.encoder = encoder
@@ -161,7 +179,8 @@ class HarmonicSeparator(Separator):
       raise ValueError("the harmonic priors must share one STFT and the separator's sample rate")
     if encoder.num_sources != len(self.priors):
       raise ValueError(f"the pitch encoder has {encoder.num_sources} outputs for {len(self.priors)} priors")
-    self.settings = harmonic_search_hyperparameters(median_frames, nmf_iterations, mask_power)
+    self.settings = harmonic_search_hyperparameters(median_frames, refine_sweeps, refine_semitones, refine_points,
+                                                    nmf_iterations, mask_power)
     self.chunk_length = int(chunk_length)
     self.chunk_overlap = self.chunk_length // 16
     self._fn = tf.function(self._separate, input_signature=[tf.TensorSpec([None, None], tf.float32)])
@@ -174,24 +193,58 @@ class HarmonicSeparator(Separator):
     return self._fn(tf.convert_to_tensor(mix, tf.float32))
 
   def fundamentals(self, x):
-    """Magnitude STFT [B, F, bins] -> each class's fundamental per frame, Hz [B, F, N] (encoder + median)."""
+    """Magnitude STFT [B, F, bins] -> each class's fundamental, Hz [B, F, N] (or [B, 1, N]: one per excerpt,
+    median_frames 0): the encoder's per frame, then the median."""
     b, f = tf.shape(x)[0], tf.shape(x)[1]
     hz = self.encoder.pitches(self.encoder(tf.reshape(x, [-1, x.shape[-1]])))
-    return running_median(tf.reshape(hz, [b, f, self.num_sources]), self.settings["median_frames"])
+    hz = tf.reshape(hz, [b, f, self.num_sources])
+    width = self.settings["median_frames"]
+    if width == 0:
+      return tf.sort(hz, axis=1)[:, (f - 1) // 2][:, None]
+    return running_median(hz, width)
+
+  def shapes(self, hz):
+    """Unit-mass combs [N, B, F', bins] of the classes at fundamentals hz [B, F', N]."""
+    b, f = tf.shape(hz)[0], tf.shape(hz)[1]
+    return tf.stack([tf.reshape(prior.shapes(tf.reshape(hz[..., k], [-1])), [b, f, -1])
+                     for k, prior in enumerate(self.priors.values())])
+
+  def refine(self, x, hz):
+    """Each class's fundamentals hz [B, F', N] re-chosen in turn on a grid of offsets (refine_points within
+    +-refine_semitones), the other classes fixed at their KL gains: the offset whose comb, at its least-squares
+    gain, explains most of what the others leave of the magnitudes x [B, F, bins] (summed over the frames it
+    serves). The encoder's grid and parabola leave ~0.01 semitone, which a high harmonic multiplies."""
+    factors = tf.pow(2.0, tf.linspace(-1.0, 1.0, self.settings["refine_points"])
+                     * self.settings["refine_semitones"] / 12.0)
+    steady = hz.shape[1] == 1
+    for _ in range(self.settings["refine_sweeps"]):
+      for k, prior in enumerate(self.priors.values()):
+        shapes = self.shapes(hz)
+        g = kl_gains(x, shapes, self.settings["nmf_iterations"])
+        rest = x - (tf.reduce_sum(g * shapes, 0) - g[k] * shapes[k])          # [B, F, bins]
+        cand = hz[None, ..., k] * factors[:, None, None]                       # [P, B, F']
+        v = tf.reshape(prior.comb(tf.reshape(cand, [-1])), tf.concat([tf.shape(cand), [-1]], 0))
+        dot = tf.reduce_sum(v * rest[None], -1)                                # [P, B, F]
+        explained = tf.where(dot > 0, tf.square(dot), 0.0) / (tf.reduce_sum(v * v, -1) + 1e-12)
+        if steady:
+          explained = tf.reduce_sum(explained, axis=2, keepdims=True)
+        best = tf.gather(factors, tf.argmax(explained, axis=0, output_type=tf.int32))  # [B, F']
+        hz = tf.concat([hz[..., :k], (hz[..., k] * best)[..., None], hz[..., k + 1:]], axis=-1)
+    return hz
 
   def source_models(self, x, hz):
-    """Magnitude models [B, N, F, bins] of the classes at fundamentals hz [B, F, N] for the mix frames x."""
-    b, f, bins = tf.shape(x)[0], tf.shape(x)[1], x.shape[-1]
-    rows = tf.reshape(x, [-1, bins])
-    flat = tf.reshape(hz, [-1, self.num_sources])
-    shapes = tf.stack([prior.shapes(flat[:, k]) for k, prior in enumerate(self.priors.values())])
-    model = kl_gains(rows, shapes, self.settings["nmf_iterations"]) * shapes    # [N, R, bins]
-    return tf.transpose(tf.reshape(model, [self.num_sources, b, f, bins]), [1, 0, 2, 3])
+    """Magnitude models [B, N, F, bins] of the classes at fundamentals hz [B, F or 1, N] for the mix frames x."""
+    shapes = self.shapes(hz)
+    model = kl_gains(x, shapes, self.settings["nmf_iterations"]) * shapes   # [N, B, F, bins]
+    return tf.transpose(model, [1, 0, 2, 3])
 
   def _separate(self, mix):
     total = to_sum_mix(mix, self.mix, self.num_sources)  # the sources add up to it
     spec = signal_lib.stft(total, self.n_fft, self.hop)
     x = tf.abs(spec)
-    models = self.source_models(x, self.fundamentals(x))
+    hz = self.fundamentals(x)
+    if self.settings["refine_sweeps"]:
+      hz = self.refine(x, hz)
+    models = self.source_models(x, hz)
     return masks_to_sources(ratio_masks(models, self.settings["mask_power"]), spec, self.n_fft, self.hop,
                             tf.shape(mix)[-1])
