@@ -13,7 +13,7 @@ from vsep_tf.model_dir import load_separator
 from vsep_tf.separators import periodic
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED_TOY_PRIORS = REPO / "pretrained" / "toy"
+SHIPPED_TOY_PRIORS = REPO / "pretrained" / "toy_score"
 
 
 def best_permutation_si_sdr(sources, estimates):
@@ -81,10 +81,10 @@ def test_assignment_is_the_permutation_of_least_total_energy():
 
 
 @pytest.mark.slow  # research path (not the product's): the slow lane (pytest -m slow), for the 12-minute default run
-@pytest.mark.skipif(not SHIPPED_TOY_PRIORS.is_dir(), reason="pretrained/toy not present")
+@pytest.mark.skipif(not SHIPPED_TOY_PRIORS.is_dir(), reason="pretrained/toy_score not present")
 def test_shipped_toy_priors_name_the_tones():
   """End to end with the shipped score priors on unseen items: each class gets its own tone back."""
-  sep = load_separator(str(SHIPPED_TOY_PRIORS))  # pretrained/toy separates by the periodic search
+  sep = load_separator(str(SHIPPED_TOY_PRIORS))  # pretrained/toy_score separates by the periodic search
   assert isinstance(sep, periodic.PeriodicSeparator)
   data = ToyData(seed=4321, item_length=16384)
   mixes, refs = zip(*[(m, s) for _, m, s in data.tracks("test", limit=2)])
@@ -122,7 +122,7 @@ def test_periodic_check_splits_failures_into_decomposition_and_naming(tmp_path, 
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   if not SHIPPED_TOY_PRIORS.is_dir():
-    pytest.skip("pretrained/toy not present")
+    pytest.skip("pretrained/toy_score not present")
   out = tmp_path / "check.json"
   cmd = [sys.executable, "-m", "tools.periodic_check", "--num_examples=1", "--length=8192", f"--output_json={out}"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
@@ -156,7 +156,8 @@ def test_harmonic_check_combs_at_the_true_pitches_separate_and_the_encoder_reads
   assert proc.returncode == 0, proc.stderr[-2000:]
   report = json.loads(out.read_text())
   assert report["classes"] == ["sine", "square", "sawtooth", "triangle"]
-  assert set(report["median"]) == {"oracle_pitch", "encoder", "encoder_fit", "pitch_error_semitones"}
+  assert set(report["median"]) == {"oracle_pitch", "encoder", "encoder_fit", "encoder_item_median", "encoder_medfilt5",
+                                   "medfilt5_refine", "pitch_error_semitones", "refine_error"}
   assert min(report["median"]["oracle_pitch"].values()) > 10.0
   (errors,) = report["per_item"]["pitch_error_semitones"]
   assert len(errors) == 4 and all(0.0 <= e <= 66.0 for e in errors)

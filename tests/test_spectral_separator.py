@@ -1,8 +1,9 @@
-"""--job=spectral_separator (the default job, configs/toy.flags) end to end through real subprocesses: `python -m
-vsep_tf.train` trains the spectral priors into <model_dir>/priors, then the amortised encoder into <model_dir>,
-prints the command that separates with it; the same command with more --train_steps resumes the encoder from its
-checkpoint and skips the finished priors stage; `python -m vsep_tf.separate` and `python -m vsep_tf.evaluate`
-accept the directory. Shrunk to a few steps per stage and small networks: this checks the plumbing, not quality."""
+"""--job=spectral_separator (the default job) on the toy (configs/research/toy_spectral.flags) end to end through
+real subprocesses: `python -m vsep_tf.train` trains the spectral priors into <model_dir>/priors, then the amortised
+encoder into <model_dir>, prints the command that separates with it; the same command with more --train_steps
+resumes the encoder from its checkpoint and skips the finished priors stage; `python -m vsep_tf.separate` and
+`python -m vsep_tf.evaluate` accept the directory. Shrunk to a few steps per stage and small networks: this checks
+the plumbing, not quality."""
 import json
 import os
 import re
@@ -42,7 +43,7 @@ def _checkpoints(directory):
 def trained(tmp_path_factory):
   """(model_dir, the train command, the first run's stdout): 4 prior steps, then 4 encoder steps."""
   model_dir = tmp_path_factory.mktemp("spectral_separator") / "toy"
-  cmd = ["vsep_tf.train", "--flagfile=configs/toy.flags", f"--model_dir={model_dir}", *SMALL]
+  cmd = ["vsep_tf.train", "--flagfile=configs/research/toy_spectral.flags", f"--model_dir={model_dir}", *SMALL]
   proc = _run(*cmd, "--train_steps=4")
   assert proc.returncode == 0, proc.stderr[-3000:]
   return model_dir, cmd, proc.stdout
@@ -96,7 +97,7 @@ def test_separate_and_evaluate_accept_the_directory(trained, tmp_path):
   written = sorted(p.name for p in out.rglob("*.wav"))
   assert written == sorted(f"{name}.wav" for name in TOY), written
   for quality, iterations in [("fast", 0), ("best", 5)]:
-    # the default (fast): one pass; best: the saved settings (here a 5-step fit: configs/toy.flags saves none)
+    # the default (fast): one pass; best: the saved settings (here a 5-step fit: toy_spectral.flags saves none)
     result = tmp_path / f"eval_{quality}.json"
     proc = _run("vsep_tf.evaluate", f"--model_dir={model_dir}", "--dataset=toy", "--num_examples=2",
                 "--num_workers=0", f"--output_json={result}",

@@ -8,7 +8,8 @@ separator's output on it, stored as tests/golden/<model>.npz (arrays 'input' [T]
 Re-run it (and commit the .npz) only when a model's output is MEANT to change: a new shipped model, or a change
 of the separation code whose effect has been checked. The inputs are generated here with a seeded numpy recipe
 (no data set, no TensorFlow) and stored with the output, so the test does not depend on the data code:
-  toy       a toy-like mix (mean) of a sine, square, sawtooth and triangle at fixed pitches, 8,192 samples at 14.7 kHz
+  toy, toy_score  a toy-like mix (mean) of a sine, square, sawtooth and triangle at fixed pitches, 8,192 samples
+            at 14.7 kHz
   chorales  a chorale-like mix (sum) of four harmonic voices whose notes change every quarter second, 16,000
             samples (1 s) at 16 kHz
   band      a band-like mono mix (sum) of a bass line, a harmonic voice with vibrato, two-note chords and decaying
@@ -26,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN_DIR = os.path.join(REPO, "tests", "golden")
 PRETRAINED = os.path.join(REPO, "pretrained")
 # model -> (sample rate, samples): the shipped model directories that have a golden output.
-GOLDEN = {"toy": (14700, 8192), "chorales": (16000, 16000), "band": (44100, 16384)}
+GOLDEN = {"toy": (14700, 8192), "toy_score": (14700, 8192), "chorales": (16000, 16000), "band": (44100, 16384)}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", sorted(GOLDEN), "Which models of GOLDEN.")
@@ -88,7 +89,8 @@ def band_like_mix(rate: int, length: int, seed: int = 0) -> np.ndarray:
 
 def golden_input(model: str) -> np.ndarray:
   rate, length = GOLDEN[model]
-  recipe = {"toy": toy_like_mix, "chorales": chorale_like_mix, "band": band_like_mix}[model]
+  recipe = {"toy": toy_like_mix, "toy_score": toy_like_mix, "chorales": chorale_like_mix,
+            "band": band_like_mix}[model]
   return recipe(rate, length)
 
 

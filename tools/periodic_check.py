@@ -1,6 +1,6 @@
 r"""Where does the periodic search fail: in the class-agnostic decomposition or in the priors' naming?
 
-  python -m tools.periodic_check --model_dir=pretrained/toy --num_examples=40 \
+  python -m tools.periodic_check --model_dir=pretrained/toy_score --num_examples=40 \
       --output_json=docs/results/toy_periodic_check.json
 
 On held-out toy items (--toy_seed, default 1234: never trained on) each mix is decomposed into tones
@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags
 
-flags.DEFINE_string("model_dir", "pretrained/toy", "A --job=priors toy directory with score priors.")
+flags.DEFINE_string("model_dir", "pretrained/toy_score", "A --job=priors toy directory with score priors.")
 flags.DEFINE_integer("toy_seed", 1234, "Toy data seed of the held-out items.")
 flags.DEFINE_integer("num_examples", 40, "Held-out items.")
 flags.DEFINE_integer("length", 0, "Samples per item (0: the recipe's 48,000).")

@@ -1,6 +1,6 @@
 r"""Does the posterior under a set of score priors hold the right answer, and can a sampler find it?
 
-  python -m tools.posterior_check --prior_dir=pretrained/toy --init_dir=runs/toy_score_variational \
+  python -m tools.posterior_check --prior_dir=pretrained/toy_score --init_dir=runs/toy_score_variational \
       --output_json=docs/results/toy_posterior_check.json
 
 Held-out crops (toy: --toy_seed, default 1234, never trained on; stems: the test split) are separated by an

@@ -1,5 +1,6 @@
 r"""Copy a trained model directory into a small self-contained one (pretrained/...): manifest.json, the LATEST
-checkpoint only, its components (a spectral_encoder's priors, shipped the same way into <output_dir>/priors),
+checkpoint only, its components (a spectral_encoder's or harmonic separator's priors, shipped the same way into
+<output_dir>/priors),
 the TensorBoard training logs and an optional text log. No config.flags: the manifest is all that
 `load_separator`, `vsep_tf.evaluate`, `vsep_tf.separate` and the exporters need, from any folder.
 
@@ -59,17 +60,22 @@ def write_weights_only(trackables: dict, prefix: str, out_dir: str):
   """Writes `trackables` (restored from checkpoint `prefix`) and its step to `out_dir`, no optimizer state.
   The object keys are the trainer's, so load_separator and a resumed trainer read it."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  step = tf.Variable(tf.train.load_checkpoint(prefix).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"), name="step")
+  reader = tf.train.load_checkpoint(prefix)
+  key = "step/.ATTRIBUTES/VARIABLE_VALUE"  # fitted (not trained) priors have none: their checkpoint's number
+  step = tf.Variable(reader.get_tensor(key) if reader.has_tensor(key) else int(prefix.rsplit("-", 1)[1]),
+                     dtype=tf.int64, name="step")
   tf.train.CheckpointManager(tf.train.Checkpoint(step=step, **trackables), out_dir, max_to_keep=1).save(
       checkpoint_number=int(step.numpy()))
 
 
 def trained_objects(model_dir: str, manifest: dict, tmp: str) -> dict:
-  """{checkpoint key: restored object} of a spectral or spectral_encoder model (for --weights_only)."""
+  """{checkpoint key: restored object} of a spectral, spectral_encoder, harmonic_priors or harmonic model (for
+  --weights_only)."""
   from vsep_tf import config as config_lib  # pylint: disable=import-outside-toplevel
   from vsep_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
   from vsep_tf import registry  # pylint: disable=import-outside-toplevel
   from vsep_tf.priors.spectral import build_spectral_prior  # pylint: disable=import-outside-toplevel
+  from vsep_tf.separators.harmonic import PitchEncoder  # pylint: disable=import-outside-toplevel
   from vsep_tf.separators.spectral import SpectralEncoder  # pylint: disable=import-outside-toplevel
   settings = config_lib.Config(manifest["settings"])
   if manifest["separator"] == "spectral":
@@ -77,13 +83,19 @@ def trained_objects(model_dir: str, manifest: dict, tmp: str) -> dict:
     priors = {name: build_spectral_prior(**kwargs) for name in manifest["source_names"]}
     model_dir_lib.restore(model_dir, priors=priors)
     return {"priors": priors}
-  if manifest["separator"] == "spectral_encoder":
-    priors = model_dir_lib.restore_spectral_priors(os.path.join(tmp, model_dir_lib.PRIORS_SUBDIR))
-    encoder = SpectralEncoder.for_priors(priors, **registry.factory_kwargs(settings, "spectral_encoder"))
+  if manifest["separator"] == "harmonic_priors":
+    return {"priors": model_dir_lib.restore_harmonic_priors(model_dir)}
+  encoders = {  # kind of model: (its priors' restore, its encoder, the encoder's registry family)
+      "spectral_encoder": (model_dir_lib.restore_spectral_priors, SpectralEncoder, "spectral_encoder"),
+      "harmonic": (model_dir_lib.restore_harmonic_priors, PitchEncoder, "harmonic_encoder")}
+  if manifest["separator"] in encoders:
+    restore_priors, encoder_class, family = encoders[manifest["separator"]]
+    priors = restore_priors(os.path.join(tmp, model_dir_lib.PRIORS_SUBDIR))
+    encoder = encoder_class.for_priors(priors, **registry.factory_kwargs(settings, family))
     model_dir_lib.restore(model_dir, encoder=encoder)
     return {"encoder": encoder}
-  raise ValueError(f"--weights_only supports spectral and spectral_encoder models; {model_dir} is "
-                   f"{manifest['separator']}")
+  raise ValueError(f"--weights_only supports spectral, spectral_encoder, harmonic_priors and harmonic models; "
+                   f"{model_dir} is {manifest['separator']}")
 
 
 def _assemble(model_dir: str, tmp: str, overrides=(), log=None, weights_only: bool = False) -> str:

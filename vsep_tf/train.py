@@ -5,8 +5,9 @@ r"""Train vsep-tf models: one command, one model directory.
   python -m vsep_tf.train --flagfile=configs/musdb.flags --musdb_root=/data/musdb18hq
 
 The default --job=spectral_separator trains the spectral priors, then the amortised encoder, into --model_dir
-(vsep_tf/training/pipeline.py) and ends by printing the command that separates a file with it. Re-running the
-same command resumes from the latest checkpoint of the running stage. The run's flags are saved as
+(vsep_tf/training/pipeline.py); the toy recipe is --job=harmonic_separator (harmonic priors, then a pitch encoder;
+vsep_tf/training/harmonic_trainer.py). Every job ends by printing the command that separates a file with it.
+Re-running the same command resumes from the latest checkpoint of the running stage. The run's flags are saved as
 <model_dir>/config.flags, the model's own settings as <model_dir>/manifest.json.
 """
 from __future__ import annotations
