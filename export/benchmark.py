@@ -21,7 +21,8 @@ from absl import app, flags
 import numpy as np
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "A --job=supervised / variational model directory.")
+flags.DEFINE_string("model_dir", None, "A toy model directory: --job=supervised / variational, or harmonic_separator "
+                    "(e.g. pretrained/toy).")
 flags.DEFINE_string("work_dir", "/tmp/vsep_bench", "Where the exports go.")
 flags.DEFINE_float("seconds", 60.0, "Audio length for the real-time factor.")
 flags.DEFINE_integer("num_mixes", 32, "Toy test items for SI-SDR.")

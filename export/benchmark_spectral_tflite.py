@@ -59,7 +59,7 @@ def main(argv):
   del argv
   from vsep_tf import inference  # pylint: disable=import-outside-toplevel
   from vsep_tf.export import tflite as tflite_lib  # pylint: disable=import-outside-toplevel
-  eager = tflite_lib.one_pass_separator(FLAGS.model_dir)
+  eager = tflite_lib.model_dir_separator(FLAGS.model_dir)
   rate = eager.sample_rate
   x, tracks = load_audio(FLAGS.data_root, FLAGS.split, rate, FLAGS.seconds)
   seconds = x.shape[0] / rate

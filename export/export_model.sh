@@ -11,6 +11,9 @@
 # holds the preset (fast: the amortised encoder's one pass; balanced / best: 50 / all iterations of its MAP fit);
 # the TFLite files are its ONE-PASS graph (the fast preset, --spectral_search.iterations=0; STFT / ISTFT as real
 # matrix products), converted from MODEL_DIR, and their .json metadata says so ("graph": "one_pass").
+# A harmonic separator (--job=harmonic_separator, e.g. pretrained/toy): the TFLite files are the whole separator
+# over a real DFT, converted from MODEL_DIR (mix [1, chunk]: channels one by one), float32 and dynamic-range int8
+# (float16 weights cost it 14 dB SI-SDR on the toy, measured).
 #
 # What a model does not support is skipped with a line saying why, and the script still exits 0: a Langevin
 # separator (--job=priors) has no TFLite form (its gradient loop); a converter refusal ("... does not convert to
@@ -37,11 +40,16 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 source_args=(--saved_model_dir="$base/$name")
-if [ "$method" = "spectral" ]; then
+if [ "$method" = "spectral" ] || [ "$method" = "harmonic" ]; then
   source_args+=(--model_dir="$model_dir")  # the one-pass graph is built from the model directory
 fi
+quantize=none,dynamic,float16
+if [ "$method" = "harmonic" ]; then
+  quantize=none,dynamic
+  echo "skipped TFLite float16: float16 weights cost a harmonic separator 14 dB SI-SDR on the toy (measured)"
+fi
 python -m vsep_tf.export.tflite "${source_args[@]}" --output_dir="$base/${name}_tflite" --name="$name" \
-  --quantize=none,dynamic,float16 2> "$log" || status=$?
+  --quantize="$quantize" 2> "$log" || status=$?
 if [ "$status" -eq 0 ]; then
   exit 0
 fi

@@ -73,7 +73,7 @@ def tiny(tmp_path_factory):
   """A tiny untrained spectral separator (44.1 kHz) with an amortised encoder and its three TFLite variants."""
   sep = _tiny_separator()
   out = tmp_path_factory.mktemp("tflite_spectral")
-  paths = tflite_lib.export_spectral_tflite(sep, str(out), "tiny", ("none", "dynamic", "float16"))
+  paths = tflite_lib.export_model_tflite(sep, str(out), "tiny", ("none", "dynamic", "float16"))
   return sep, paths
 
 
@@ -162,7 +162,7 @@ def test_one_pass_tflite_other_inits_and_encoders(variant, tmp_path):
     sep = _tiny_separator(arch="wavenet")
   else:
     sep = _tiny_separator(mix="mean", encoder=False)
-  paths = tflite_lib.export_spectral_tflite(sep, str(tmp_path), "m", ("none",))
+  paths = tflite_lib.export_model_tflite(sep, str(tmp_path), "m", ("none",))
   lite = tflite_lib.TFLiteSeparator(paths["none"])
   x = _noise([1, 2, CHUNK], seed=7)
   eager = sep.separate_channels(x)
@@ -246,7 +246,7 @@ def test_export_script_writes_saved_model_and_one_pass_tflite(tmp_path):
     assert meta["graph"] == "one_pass" and meta["describe"]["iterations"] == 0
     assert meta["source_saved_model"] == str((base / "chorales" / "1").resolve())
   lite = tflite_lib.TFLiteSeparator(str(lite_dir / "chorales_f32.tflite"))
-  eager = tflite_lib.one_pass_separator(str(REPO / "pretrained" / "chorales"))
+  eager = tflite_lib.model_dir_separator(str(REPO / "pretrained" / "chorales"))
   x = _noise([1, lite.chunk_length], seed=9, scale=0.1)
   want = eager.separate(x).numpy()
   np.testing.assert_allclose(lite.separate(x), want, atol=1e-5 * np.abs(want).max())

@@ -148,7 +148,7 @@ def export_default(model_dir: str, work_dir: str) -> tuple:
   sizes = {"eager": None,
            "SavedModel": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(export_dir) for f in fs)}
   if getattr(eager, "method", None) == "spectral":
-    lite = tflite_lib.export_spectral_tflite(eager, os.path.join(work_dir, "tflite"), name,
+    lite = tflite_lib.export_model_tflite(eager, os.path.join(work_dir, "tflite"), name,
                                              ("none", "dynamic", "float16"), saved_model_dir=export_dir)
   else:
     lite = tflite_lib.export_tflite(export_dir, os.path.join(work_dir, "tflite"), name,

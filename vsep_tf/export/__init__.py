@@ -30,12 +30,20 @@ def export_variants(separator, work_dir: str, chunk_length: int, name: str = "mo
   from vsep_tf.export import tflite as tflite_lib  # pylint: disable=import-outside-toplevel
   export_dir = saved_model_lib.export_saved_model(separator, os.path.join(work_dir, "saved"), name,
                                                   chunk_length=chunk_length, overwrite=True, version=1)
-  lite = tflite_lib.export_tflite(export_dir, os.path.join(work_dir, "tflite"), name, ("none", "dynamic", "float16"))
+  quantizations = ("none", "dynamic", "float16")
+  if separator.method == "harmonic":  # its SavedModel's STFT is complex: the TFLite graph is built from the separator
+    quantizations = ("none", "dynamic")  # (float16 refused: tflite.HARMONIC_FLOAT16)
+    lite = tflite_lib.export_model_tflite(separator, os.path.join(work_dir, "tflite"), name, quantizations,
+                                          chunk_length=chunk_length, saved_model_dir=export_dir)
+  else:
+    lite = tflite_lib.export_tflite(export_dir, os.path.join(work_dir, "tflite"), name, quantizations)
   labels = {"none": "TFLite float32", "dynamic": "TFLite dynamic-range int8", "float16": "TFLite float16"}
   variants = {"eager (tf.function)": separator, "SavedModel": saved_model_lib.SavedModelSeparator(export_dir)}
   sizes = {"eager (tf.function)": None,
            "SavedModel": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(export_dir) for f in fs)}
   for q, label in labels.items():
+    if q not in lite:
+      continue
     variants[label] = tflite_lib.TFLiteSeparator(lite[q], num_threads=num_threads)
     sizes[label] = os.path.getsize(lite[q])
   return variants, sizes, export_dir

@@ -50,7 +50,9 @@ def frozen_chunk_function(saved_model_dir: str):
 NOT_CONVERTIBLE = {
     "spectral": "its SavedModel holds the MAP fit (complex RFFT / IRFFT slices, GELU's derivative: ops TFLite's "
                 "builtins lack); convert its model directory instead (--model_dir=DIR, "
-                "export_spectral_tflite): the one-pass graph of its amortised encoder"}
+                "export_model_tflite): the one-pass graph of its amortised encoder",
+    "harmonic": "its SavedModel's STFT is complex (RFFT / IRFFT, ops TFLite's builtins lack); convert its model "
+                "directory instead (--model_dir=DIR, export_model_tflite): the same separator over a real DFT"}
 
 def _frozen_chunk_module(saved_model_dir: str):
   """A tf.Module whose `separate_chunk` is the export's chunk signature with its variables frozen."""
@@ -95,7 +97,7 @@ def convert(saved_model_dir: str, quantize: str = "none") -> bytes:
   return _convert_module(module, quantize)
 
 
-# ------------------------------------------------------------------------------ spectral: the one-pass graph
+# ------------------------------------------- spectral and harmonic separators: graphs built from the model directory
 ONE_PASS = "one_pass"
 
 
@@ -110,79 +112,115 @@ def one_pass_models(separator, magnitude):
   return tf.exp(a[..., None] + log_shapes)
 
 
-def one_pass_separate(separator, mix):
-  """mix [C, T] (T static) -> sources [C, N, T]: the spectral separator's one-pass estimate (no MAP iterations)
-  in TFLite builtins: real-DFT STFT (signal_dft), the fit on the mid channel (the channels' mean, as
-  SpectralPriorSeparator._separate_channels; C = 1 is its mono `separate`), its ratio masks applied to every
-  channel's STFT, overlap-add ISTFT. No complex tensors."""
+def dft_separate(separator, mix, frame_models, mid: bool):
+  """mix [C, T] (T static) -> sources [C, N, T] in TFLite builtins: real-DFT STFT (signal_dft), magnitude frame
+  models -> ratio masks on every channel's STFT, overlap-add ISTFT; no complex tensors. frame_models: magnitudes
+  [B, F, bins] -> models [B, N, F, bins]. mid: one set of masks from the channels' mean (the spectral separator's
+  _separate_channels), else every row its own mix (its `separate`)."""
   from vsep_tf import signal_dft  # pylint: disable=import-outside-toplevel
   from vsep_tf.separators.masks import ratio_masks, to_sum_mix  # pylint: disable=import-outside-toplevel
   n_fft, hop = separator.n_fft, separator.hop
-  length = mix.shape[-1]
-  # min(channels, 0) = 0, unknown to the converter (channels is the dynamic axis): the DFT bases are computed
-  # in the graph, not stored as (quantisable) weights.
-  bases = signal_dft.dft_bases(n_fft, zero=tf.minimum(tf.shape(mix)[0], 0))
+  # An int32 0 that the converter cannot evaluate, so the DFT bases are computed in the graph, not stored as
+  # (quantisable) weights: min(channels, 0) where the channel axis is dynamic; "a sample above +inf" (never true,
+  # not even for inf or NaN) where the input's shape is static.
+  zero = (tf.minimum(tf.shape(mix)[0], 0) if mix.shape[0] is None
+          else tf.cast(tf.reduce_any(mix > float("inf")), tf.int32))
+  bases = signal_dft.dft_bases(n_fft, zero=zero)
   re, im = signal_dft.stft(to_sum_mix(mix, separator.mix, separator.num_sources), n_fft, hop, bases=bases)
-  mid_re = tf.reduce_mean(re, axis=0, keepdims=True)
-  mid_im = tf.reduce_mean(im, axis=0, keepdims=True)
-  magnitude = tf.sqrt(tf.square(mid_re) + tf.square(mid_im))                           # [1, F, bins]
-  masks = ratio_masks(one_pass_models(separator, magnitude), separator.settings["mask_power"])  # [1, N, F, bins]
-  return signal_dft.istft(masks * re[:, None], masks * im[:, None], n_fft, hop, length=length, bases=bases)
+  if mid:
+    re_x, im_x = tf.reduce_mean(re, axis=0, keepdims=True), tf.reduce_mean(im, axis=0, keepdims=True)
+  else:
+    re_x, im_x = re, im
+  magnitude = tf.sqrt(tf.square(re_x) + tf.square(im_x))                              # [1 or C, F, bins]
+  masks = ratio_masks(frame_models(magnitude), separator.settings["mask_power"])     # [1 or C, N, F, bins]
+  return signal_dft.istft(masks * re[:, None], masks * im[:, None], n_fft, hop, length=mix.shape[-1], bases=bases)
 
 
-def _frozen_one_pass_module(separator, chunk_length: int):
-  """A tf.Module whose `separate_chunk` (mix [channels, chunk] -> sources [channels, N, chunk]) is the one-pass
-  graph with the networks' variables frozen to constants."""
+def one_pass_separate(separator, mix):
+  """mix [C, T] (T static) -> sources [C, N, T]: the spectral separator's one-pass estimate (no MAP iterations),
+  the fit on the mid channel (C = 1 is its mono `separate`), its masks applied to every channel."""
+  return dft_separate(separator, mix, lambda x: one_pass_models(separator, x), mid=True)
+
+
+def _frozen_graph_module(graph, rows, chunk_length: int):
+  """A tf.Module whose `separate_chunk` (mix [rows, chunk] -> sources [rows, N, chunk]; rows None: any) is
+  graph(mix) with the networks' variables frozen to constants."""
   from tensorflow.python.framework import convert_to_constants  # pylint: disable=import-outside-toplevel
-  fn = tf.function(lambda mix: one_pass_separate(separator, mix))
-  concrete = fn.get_concrete_function(tf.TensorSpec([None, chunk_length], tf.float32, name="mix"))
-  frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
+  spec = tf.TensorSpec([rows, chunk_length], tf.float32, name="mix")
+  frozen = convert_to_constants.convert_variables_to_constants_v2(tf.function(graph).get_concrete_function(spec))
 
   class Frozen(tf.Module):
 
-    @tf.function(input_signature=[tf.TensorSpec([None, chunk_length], tf.float32, name="mix")])
+    @tf.function(input_signature=[spec])
     def separate_chunk(self, mix):
       return {"sources": frozen(mix)[0]}
 
   return Frozen()
 
 
-def one_pass_separator(model_dir: str, overrides=()):
-  """The spectral separator of a model directory as its one-pass form (--spectral_search.iterations=0)."""
+# Measured on pretrained/toy (export/benchmark.py, 40 test items): float16 weights cost 14 dB SI-SDR (mean 9.9 dB
+# against 23.3 for float32; dynamic-range int8 cost 0.9). Likely cause, not isolated: the pitch grid and the combs'
+# constants in half precision (a 1e-3 relative pitch error puts high harmonics bins away).
+HARMONIC_FLOAT16 = ("a harmonic separator does not convert to TFLite float16: float16 weights cost 14 dB SI-SDR "
+                    "on the toy (measured); use none or dynamic")
+
+
+def model_dir_separator(model_dir: str, overrides=()):
+  """The separator of a spectral or harmonic model directory in the form its TFLite graph holds: a spectral
+  separator's one pass (--spectral_search.iterations=0), a harmonic separator whole."""
   from vsep_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
-  separator = model_dir_lib.load_separator(model_dir, list(overrides) + ["--spectral_search.iterations=0"])
-  if getattr(separator, "method", None) != "spectral":
-    raise ValueError(f"{model_dir}: a {getattr(separator, 'method', '?')!r} separator; --model_dir conversion "
-                     "is for spectral separators (--job=spectral or spectral_encoder); convert other models' "
-                     "SavedModel export (--saved_model_dir)")
-  return separator
+  kind = model_dir_lib.read_manifest(model_dir)["separator"]
+  if kind in ("spectral", "spectral_encoder"):
+    return model_dir_lib.load_separator(model_dir, list(overrides) + ["--spectral_search.iterations=0"])
+  if kind == "harmonic":
+    return model_dir_lib.load_separator(model_dir, list(overrides))
+  raise ValueError(f"{model_dir}: a {kind!r} model; --model_dir conversion is for spectral separators "
+                   "(--job=spectral or spectral_encoder) and harmonic ones (--job=harmonic_separator); convert "
+                   "other models' SavedModel export (--saved_model_dir)")
 
 
-def export_spectral_tflite(separator, output_dir: str, name: str, quantizations=("none", "dynamic"),
-                           chunk_length: int = None, saved_model_dir: str = None, model_dir: str = None) -> dict:
-  """Writes <output_dir>/<name>_<f32|dynamic|f16>.tflite (+ .json) of a spectral separator's ONE-PASS graph
-  (one_pass_separate: input mix [channels, chunk], output sources [channels, N, chunk]); {quantize: path}.
+def export_model_tflite(separator, output_dir: str, name: str, quantizations=("none", "dynamic"),
+                        chunk_length: int = None, saved_model_dir: str = None, model_dir: str = None) -> dict:
+  """Writes <output_dir>/<name>_<f32|dynamic|f16>.tflite (+ .json) of a spectral or harmonic separator over a
+  real DFT; {quantize: path}.
 
-  separator: a SpectralPriorSeparator (its settings' iterations are ignored: the graph has none; the metadata
-  says iterations=0 and graph='one_pass'). chunk_length: default the SavedModel's (saved_model_dir given), else
-  the separator's. saved_model_dir / model_dir: recorded in the metadata (the SavedModel keeps the full MAP fit)."""
+  separator: a SpectralPriorSeparator -> its ONE-PASS graph (one_pass_separate: mix [channels, chunk] -> sources
+  [channels, N, chunk]; its settings' iterations are ignored, the metadata says iterations=0 and
+  graph='one_pass'); a HarmonicSeparator -> the whole separator (mix [1, chunk] -> sources [1, N, chunk], graph
+  'chunk': a static batch of one, which XNNPack needs for this graph's reshapes). chunk_length: default the
+  SavedModel's (saved_model_dir given), else the separator's. saved_model_dir / model_dir: recorded in the
+  metadata."""
+  harmonic = separator.method == "harmonic"
+  if not harmonic and separator.method != "spectral":
+    raise ValueError(f"a {separator.method!r} separator has no graph here; convert its SavedModel export")
+  if harmonic and "float16" in quantizations:
+    raise ValueError(HARMONIC_FLOAT16)
   meta = (saved_model_lib.read_metadata(saved_model_dir) if saved_model_dir
           else saved_model_lib.metadata_of(separator, chunk_length or separator.chunk_length))
   chunk = int(chunk_length or meta["chunk_length"])
   describe = json.loads(json.dumps(separator.describe(), default=str))
-  describe["iterations"] = 0
   meta = dict(meta, chunk_length=chunk, chunk_overlap=int(min(separator.chunk_overlap, chunk // 2)),
-              graph=ONE_PASS, describe=describe, stereo=describe.get("stereo", "mid"),
-              inputs={"mix": "float32 [channels, chunk_length] at sample_rate (one track's channels)"},
-              outputs={"sources": "float32 [channels, num_sources, chunk_length]"},
-              note="TFLite form of a spectral separator: the amortised encoder's one forward pass, no MAP "
-                   "iterations (--spectral_search.iterations=0); the masks of the channels' mean applied to "
-                   "every channel. The SavedModel export keeps the full separator.")
+              describe=describe)
+  if harmonic:
+    meta.update(graph="chunk", inputs={"mix": "float32 [1, chunk_length] at sample_rate (one channel)"},
+                outputs={"sources": "float32 [1, num_sources, chunk_length]"},
+                note="TFLite form of a harmonic separator: the whole separator (pitch encoder, refinement, combs, "
+                     "masks) over a real DFT; channels are separated one by one.")
+    module = _frozen_graph_module(lambda mix: dft_separate(separator, mix, separator.frame_models, mid=False),
+                                  1, chunk)
+  else:
+    describe["iterations"] = 0
+    meta.update(graph=ONE_PASS, stereo=describe.get("stereo", "mid"),
+                inputs={"mix": "float32 [channels, chunk_length] at sample_rate (one track's channels)"},
+                outputs={"sources": "float32 [channels, num_sources, chunk_length]"},
+                note="TFLite form of a spectral separator: the amortised encoder's one forward pass, no MAP "
+                     "iterations (--spectral_search.iterations=0); the masks of the channels' mean applied to "
+                     "every channel. The SavedModel export keeps the full separator.")
+    module = _frozen_graph_module(lambda mix: one_pass_separate(separator, mix), None, chunk)
   if saved_model_dir:
     meta["source_saved_model"] = os.path.abspath(saved_model_lib.version_dir(saved_model_dir))
   if model_dir:
     meta["source_model_dir"] = os.path.abspath(model_dir)
-  module = _frozen_one_pass_module(separator, chunk)
   paths = {}
   for q in quantizations:
     data = _convert_module(module, q)
@@ -243,7 +281,7 @@ def make_interpreter(model_path: str = None, model_content: bytes = None, num_th
 
 class TFLiteSeparator(Separator):
   """A .tflite export as a Separator. Signature separate_chunk: mix [1, chunk] -> sources [1, N, chunk] (a
-  waveform encoder), or, for a spectral separator's one-pass graph (metadata graph='one_pass'), mix
+  waveform encoder or a harmonic separator), or, for a spectral separator's one-pass graph (metadata graph='one_pass'), mix
   [channels, chunk] -> sources [channels, N, chunk] (one track's channels: masks from their mean).
 
   separate(mix [batch, time <= chunk]) runs the rows one by one, zero-padded to the chunk length (the model is
@@ -295,8 +333,8 @@ def main(argv):
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     return 2
   if not (fv.saved_model_dir or fv.model_dir) or not fv.output_dir:
-    print("error: --output_dir and --saved_model_dir or (a spectral separator) --model_dir are required",
-          file=sys.stderr)
+    print("error: --output_dir and --saved_model_dir or (a spectral or harmonic separator) --model_dir are "
+          "required", file=sys.stderr)
     return 2
   bad = [q for q in fv.quantize if q not in QUANTIZATIONS]
   if bad:
@@ -304,10 +342,10 @@ def main(argv):
     return 2
   try:
     if fv.model_dir:
-      separator = one_pass_separator(fv.model_dir, fv.model_override)
+      separator = model_dir_separator(fv.model_dir, fv.model_override)
       name = fv.name or (os.path.basename(os.path.normpath(fv.saved_model_dir)) if fv.saved_model_dir
                          else os.path.basename(os.path.normpath(fv.model_dir)))
-      paths = export_spectral_tflite(separator, fv.output_dir, name, fv.quantize, fv.chunk_length or None,
+      paths = export_model_tflite(separator, fv.output_dir, name, fv.quantize, fv.chunk_length or None,
                                      saved_model_dir=fv.saved_model_dir or None, model_dir=fv.model_dir)
     else:
       paths = export_tflite(fv.saved_model_dir, fv.output_dir, fv.name, fv.quantize)
@@ -323,7 +361,8 @@ def _define_flags():
   from absl import flags  # pylint: disable=import-outside-toplevel
   flags.DEFINE_string("saved_model_dir", None, "An export of vsep_tf.export.saved_model (BASE/NAME or a version).")
   flags.DEFINE_string("model_dir", None, "A spectral separator's model directory (--job=spectral or "
-                      "spectral_encoder, e.g. pretrained/band): converts its one-pass graph (no MAP iterations).")
+                      "spectral_encoder, e.g. pretrained/band): converts its one-pass graph (no MAP iterations); "
+                      "a harmonic separator's (e.g. pretrained/toy): the whole separator over a real DFT.")
   flags.DEFINE_multi_string("model_override", [], "'--name=value' replacing a flag saved in --model_dir.")
   flags.DEFINE_integer("chunk_length", 0, "Fixed chunk of the --model_dir graph (0: the SavedModel's if "
                        "--saved_model_dir is given, else the separator's).")

@@ -46,7 +46,7 @@ def harmonic_search_hyperparameters(median_frames: int = 5, refine_sweeps: int =
   """The separator's settings (flags --harmonic_search.<name>).
 
   median_frames: the running median over frames of each class's pitch (odd; 1: none); 0: ONE pitch per class for
-    the whole excerpt (the median over its frames), for steady tones (the toy).
+    the whole excerpt (the median over its non-silent frames: voiced_median), for steady tones (the toy).
   refine_sweeps / refine_semitones / refine_points: sweeps of the pitch refinement (0: none), each class in turn on
     a grid of refine_points offsets within +-refine_semitones (module docstring).
   nmf_iterations: KL-NMF updates of the gains. mask_power: p of the Wiener masks."""
@@ -145,6 +145,21 @@ def running_median(x, width: int):
   return tf.sort(windows, axis=2)[:, :, half]
 
 
+def voiced_median(values, x, floor: float = 1e-3):
+  """The lower median over the frames axis 1 of values [B, F, N] taken over the frames of x [B, F, bins] that
+  are not silent (summed magnitude above `floor` times the loudest frame's; all frames if every one is): [B, N].
+  Zero padding (a fixed-length graph's) then does not move it."""
+  mass = tf.reduce_sum(x, axis=-1)                                                      # [B, F]
+  voiced = mass > floor * tf.reduce_max(mass, axis=1, keepdims=True)
+  weights = tf.where(tf.reduce_any(voiced, axis=1, keepdims=True), tf.cast(voiced, tf.float32), 1.0)
+  v = tf.transpose(values, [0, 2, 1])                                                   # [B, N, F]
+  order = tf.argsort(v, axis=-1)
+  w = tf.gather(tf.broadcast_to(weights[:, None], tf.shape(v)), order, batch_dims=2)
+  counted = tf.cumsum(w, axis=-1)          # integers: exact, so equal weights give the plain lower median
+  first = tf.argmax(tf.cast(counted >= 0.5 * counted[..., -1:], tf.int32), axis=-1, output_type=tf.int32)
+  return tf.gather(tf.gather(v, order, batch_dims=2), first, batch_dims=2)
+
+
 def kl_gains(x, shapes, iterations: int):
   """Gains g [N, ..., F, 1] >= 0 of unit-mass atoms shapes [N, ..., F or 1, bins] for frames x [..., F, bins]:
   multiplicative updates of the generalised KL divergence D(x || sum_k g_k shapes_k), from an equal split of each
@@ -200,7 +215,7 @@ class HarmonicSeparator(Separator):
     hz = tf.reshape(hz, [b, f, self.num_sources])
     width = self.settings["median_frames"]
     if width == 0:
-      return tf.sort(hz, axis=1)[:, (f - 1) // 2][:, None]
+      return voiced_median(hz, x)[:, None]
     return running_median(hz, width)
 
   def shapes(self, hz):
@@ -238,13 +253,17 @@ class HarmonicSeparator(Separator):
     model = kl_gains(x, shapes, self.settings["nmf_iterations"]) * shapes   # [N, B, F, bins]
     return tf.transpose(model, [1, 0, 2, 3])
 
-  def _separate(self, mix):
-    total = to_sum_mix(mix, self.mix, self.num_sources)  # the sources add up to it
-    spec = signal_lib.stft(total, self.n_fft, self.hop)
-    x = tf.abs(spec)
+  def frame_models(self, x):
+    """Magnitude frames x [B, F, bins] of mixes -> the classes' magnitude models [B, N, F, bins]: the encoder's
+    pitches, their median and refinement, the combs at their KL gains (what the Wiener masks are made of)."""
     hz = self.fundamentals(x)
     if self.settings["refine_sweeps"]:
       hz = self.refine(x, hz)
-    models = self.source_models(x, hz)
+    return self.source_models(x, hz)
+
+  def _separate(self, mix):
+    total = to_sum_mix(mix, self.mix, self.num_sources)  # the sources add up to it
+    spec = signal_lib.stft(total, self.n_fft, self.hop)
+    models = self.frame_models(tf.abs(spec))
     return masks_to_sources(ratio_masks(models, self.settings["mask_power"]), spec, self.n_fft, self.hop,
                             tf.shape(mix)[-1])
