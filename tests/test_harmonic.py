@@ -128,6 +128,10 @@ def _run(*args, timeout=600):
                         timeout=timeout, check=False)
 
 
+# A smaller separator graph than the recipe's (1 refinement sweep, 10 KL updates): the same ops, a quicker trace.
+QUICK = ["--harmonic_search.refine_sweeps=1", "--harmonic_search.nmf_iterations=10"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """A --job=harmonic_separator directory on the toy: priors from 40 s of solo audio per class, 30 encoder steps of
@@ -151,7 +155,7 @@ def test_job_trains_priors_then_encoder_and_loads_as_one_separator(trained):
   assert "final " in stdout and "step=30" in stdout
   with pytest.raises(model_dir_lib.ModelDirError, match="harmonic priors only"):
     model_dir_lib.load_separator(str(model_dir / "priors"))
-  separator = model_dir_lib.load_separator(str(model_dir))
+  separator = model_dir_lib.load_separator(str(model_dir), QUICK)
   mix = next(ToyData(seed=1234).tracks("test", limit=1))[1][:30000]
   est = separator.separate(mix[None]).numpy()
   assert est.shape == (1, 4, 30000) and np.all(np.isfinite(est))
@@ -162,7 +166,7 @@ def test_saved_model_matches_the_eager_separator(trained, tmp_path):
   from vsep_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
   from vsep_tf.export.saved_model import SavedModelSeparator, export_saved_model  # pylint: disable=import-outside-toplevel
   model_dir, _ = trained
-  separator = model_dir_lib.load_separator(str(model_dir))
+  separator = model_dir_lib.load_separator(str(model_dir), QUICK)
   path = export_saved_model(separator, str(tmp_path / "exports"), "toy", chunk_length=16384)
   exported = SavedModelSeparator(path)
   mix = np.stack([d[1][:20000] for d in ToyData(seed=1234).tracks("test", limit=2)])
