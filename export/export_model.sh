@@ -45,7 +45,7 @@ if [ "$method" = "spectral" ] || [ "$method" = "harmonic" ]; then
 fi
 quantize=none,dynamic,float16
 if [ "$method" = "harmonic" ]; then
-  quantize=none,dynamic
+  quantize=none,dynamic  # vsep_tf.export.tflite.HARMONIC_QUANTIZATIONS
   echo "skipped TFLite float16: float16 weights cost a harmonic separator 14 dB SI-SDR on the toy (measured)"
 fi
 python -m vsep_tf.export.tflite "${source_args[@]}" --output_dir="$base/${name}_tflite" --name="$name" \

@@ -32,7 +32,7 @@ def export_variants(separator, work_dir: str, chunk_length: int, name: str = "mo
                                                   chunk_length=chunk_length, overwrite=True, version=1)
   quantizations = ("none", "dynamic", "float16")
   if separator.method == "harmonic":  # its SavedModel's STFT is complex: the TFLite graph is built from the separator
-    quantizations = ("none", "dynamic")  # (float16 refused: tflite.HARMONIC_FLOAT16)
+    quantizations = tflite_lib.HARMONIC_QUANTIZATIONS  # float16 is refused (tflite.HARMONIC_FLOAT16)
     lite = tflite_lib.export_model_tflite(separator, os.path.join(work_dir, "tflite"), name, quantizations,
                                           chunk_length=chunk_length, saved_model_dir=export_dir)
   else:

@@ -161,6 +161,7 @@ def _frozen_graph_module(graph, rows, chunk_length: int):
 # Measured on pretrained/toy (export/benchmark.py, 40 test items): float16 weights cost 14 dB SI-SDR (mean 9.9 dB
 # against 23.3 for float32; dynamic-range int8 cost 0.9). Likely cause, not isolated: the pitch grid and the combs'
 # constants in half precision (a 1e-3 relative pitch error puts high harmonics bins away).
+HARMONIC_QUANTIZATIONS = ("none", "dynamic")
 HARMONIC_FLOAT16 = ("a harmonic separator does not convert to TFLite float16: float16 weights cost 14 dB SI-SDR "
                     "on the toy (measured); use none or dynamic")
 
@@ -193,7 +194,7 @@ def export_model_tflite(separator, output_dir: str, name: str, quantizations=("n
   harmonic = separator.method == "harmonic"
   if not harmonic and separator.method != "spectral":
     raise ValueError(f"a {separator.method!r} separator has no graph here; convert its SavedModel export")
-  if harmonic and "float16" in quantizations:
+  if harmonic and not set(quantizations) <= set(HARMONIC_QUANTIZATIONS):
     raise ValueError(HARMONIC_FLOAT16)
   meta = (saved_model_lib.read_metadata(saved_model_dir) if saved_model_dir
           else saved_model_lib.metadata_of(separator, chunk_length or separator.chunk_length))
@@ -281,8 +282,9 @@ def make_interpreter(model_path: str = None, model_content: bytes = None, num_th
 
 class TFLiteSeparator(Separator):
   """A .tflite export as a Separator. Signature separate_chunk: mix [1, chunk] -> sources [1, N, chunk] (a
-  waveform encoder or a harmonic separator), or, for a spectral separator's one-pass graph (metadata graph='one_pass'), mix
-  [channels, chunk] -> sources [channels, N, chunk] (one track's channels: masks from their mean).
+  waveform encoder or a harmonic separator), or, for a spectral separator's one-pass graph (metadata
+  graph='one_pass'), mix [channels, chunk] -> sources [channels, N, chunk] (one track's channels: masks from their
+  mean).
 
   separate(mix [batch, time <= chunk]) runs the rows one by one, zero-padded to the chunk length (the model is
   fixed-length); separate_channels(mix [batch, channels, time]) passes a one-pass graph each item's channels
