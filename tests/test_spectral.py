@@ -69,6 +69,24 @@ def test_search_settings_are_checked():
   b = build_spectral_prior(n_fft=512, hop=64, latent_dim=2, hidden_units=8)
   with pytest.raises(ValueError, match="different STFT"):
     spectral.SpectralPriorSeparator({"a": a, "b": b}, RATE, "sum")
+  for rho in (-0.1, 1.0):
+    with pytest.raises(ValueError, match="temporal_rho"):
+      spectral.spectral_search_hyperparameters(temporal_rho=rho)
+
+
+def test_temporal_prior_is_the_ar1_gaussian_log_density():
+  z = tf.random.stateless_normal([2, 3, 9, 4], seed=[1, 2])
+  np.testing.assert_allclose(spectral.latent_prior_energy(z, 0.0), 0.5 * tf.reduce_sum(tf.square(z), [1, 2, 3]),
+                             rtol=1e-6)
+  rho = 0.8  # 0.5 z' C^-1 z with C[s, t] = rho^|s - t| (each class and latent its own chain over the 9 frames)
+  inverse = np.linalg.inv(rho ** np.abs(np.subtract.outer(np.arange(9), np.arange(9))))
+  chains = np.moveaxis(z.numpy(), 2, -1)  # [2, 3, 4, 9]
+  expected = 0.5 * np.einsum("bnds,st,bndt->b", chains, inverse, chains)
+  np.testing.assert_allclose(spectral.latent_prior_energy(z, rho), expected, rtol=1e-4)
+  # a latent path that holds still costs less than one that flips sign every frame: what smooths the fit
+  steady = tf.ones([1, 1, 9, 1])
+  flipping = tf.reshape(tf.constant([(-1.0) ** t for t in range(9)]), [1, 1, 9, 1])
+  assert spectral.latent_prior_energy(steady, 0.9) < 0.1 * spectral.latent_prior_energy(flipping, 0.9)
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +185,16 @@ def test_ship_weights_only_drops_the_optimizer_state(trained, tmp_path):
   assert size(out / "checkpoints") < 0.5 * size(model_dir / "checkpoints")  # Adam's two moments are gone
   mix = np.random.default_rng(1).standard_normal([1, 4000]).astype(np.float32) * 0.1
   np.testing.assert_array_equal(load_separator(str(out)).separate(mix), load_separator(str(model_dir)).separate(mix))
+  # a manifest written before a setting existed: --set gives it one (the fit's temporal prior here)
+  older = tmp_path / "older"
+  shutil.copytree(model_dir, older)
+  manifest = model_dir_lib.read_manifest(str(older))
+  del manifest["settings"]["spectral_search.temporal_rho"]
+  (older / model_dir_lib.MANIFEST_FILENAME).write_text(json.dumps(manifest))
+  assert load_separator(str(older)).settings["temporal_rho"] == 0.0
+  ship_model.ship(str(older), str(tmp_path / "set"), overrides=["spectral_search.temporal_rho=0.9"])
+  assert model_dir_lib.read_manifest(str(tmp_path / "set"))["settings"]["spectral_search.temporal_rho"] == 0.9
+  assert load_separator(str(tmp_path / "set")).settings["temporal_rho"] == 0.9
   other = tmp_path / "other"
   shutil.copytree(model_dir, other)
   manifest = model_dir_lib.read_manifest(str(other))

@@ -107,7 +107,9 @@ def _assemble(model_dir: str, tmp: str, overrides=(), log=None, weights_only: bo
     name, sep, value = item.partition("=")
     if not name or not sep:
       raise ValueError(f"--set needs NAME=VALUE, got {item!r}")
-    manifest["settings"] = config_lib.Config(manifest["settings"]).with_overrides([f"--{name}={value}"]).to_dict()
+    # a setting this version has and an older manifest lacks (a family's newer hyperparameter) can be set too
+    changed = model_dir_lib.settings_config(manifest["settings"]).with_overrides([f"--{name}={value}"])
+    manifest["settings"] = dict(sorted({**manifest["settings"], name: changed[name]}.items()))
   for name, path in manifest.get("components", {}).items():
     source = path if os.path.isabs(path) else os.path.join(model_dir, path)
     os.makedirs(os.path.join(tmp, name))

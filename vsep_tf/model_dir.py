@@ -158,14 +158,19 @@ def read_manifest(model_dir: str) -> dict:
 def load_config(model_dir: str, overrides: Sequence[str] = ()) -> config_lib.Config:
   """The model's settings (manifest), with '--name=value' overrides applied. Hyperparameters its families
   gained after it was written take their defaults (the manifest's values win)."""
-  settings = read_manifest(model_dir)["settings"]
+  try:
+    return settings_config(read_manifest(model_dir)["settings"]).with_overrides(overrides)
+  except (KeyError, ValueError) as e:
+    raise ModelDirError(f"{model_dir}: {e}") from e
+
+
+def settings_config(settings: Mapping) -> config_lib.Config:
+  """A manifest's settings as a Config, the hyperparameters its families gained after it was written at their
+  defaults (the manifest's values win)."""
   defaults = {}
   for family in model_families(settings):
     defaults.update(registry.family_defaults(family))
-  try:
-    return config_lib.Config({**defaults, **settings}).with_overrides(overrides)
-  except (KeyError, ValueError) as e:
-    raise ModelDirError(f"{model_dir}: {e}") from e
+  return config_lib.Config({**defaults, **settings})
 
 
 def component_dir(model_dir: str, name: str) -> str:

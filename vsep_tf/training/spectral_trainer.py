@@ -124,7 +124,8 @@ class SpectralEncoderTrainer(Trainer):
       if self.cfg.encoder_objective == "map":
         # The MAP fit's objective at the encoder's means: the one pass lands where the fit would go.
         _, data = self.objective(list(self.priors.values()), x, mu, a, self.concentration)
-        kl = 0.5 * self.cfg["spectral_search.prior_weight"] * tf.reduce_sum(tf.square(mu), axis=[1, 2, 3])
+        kl = self.cfg["spectral_search.prior_weight"] * spectral.latent_prior_energy(
+            mu, self.cfg["spectral_search.temporal_rho"])
       else:
         z = mu + tf.exp(0.5 * logvar) * tf.random.normal(tf.shape(mu))
         _, data = self.objective(list(self.priors.values()), x, z, a, self.concentration)
