@@ -109,7 +109,7 @@ def _assemble(model_dir: str, tmp: str, overrides=(), log=None, weights_only: bo
       raise ValueError(f"--set needs NAME=VALUE, got {item!r}")
     # a setting this version has and an older manifest lacks (a family's newer hyperparameter) can be set too
     changed = model_dir_lib.settings_config(manifest["settings"]).with_overrides([f"--{name}={value}"])
-    manifest["settings"] = dict(sorted({**manifest["settings"], name: changed[name]}.items()))
+    manifest["settings"][name] = changed[name]  # the manifest is written with sorted keys
   for name, path in manifest.get("components", {}).items():
     source = path if os.path.isabs(path) else os.path.join(model_dir, path)
     os.makedirs(os.path.join(tmp, name))
