@@ -1,6 +1,7 @@
 """Scale-out and faults, with real `python -m vsep_tf.train` subprocesses: two-worker MultiWorkerMirrored
 training matches one process, SIGKILL mid-run resumes from the last checkpoint, a NaN loss stops the run with
-the step and batch named. Every subprocess has a timeout: a hang fails the test instead of blocking CI."""
+the step and batch named (the default run; the others are -m slow). Every subprocess has a timeout: a hang fails
+the test instead of blocking CI."""
 import os
 import re
 import signal
@@ -57,6 +58,7 @@ def final_line(stdout):
   return values
 
 
+@pytest.mark.slow  # 80 s of tracing in three processes: the slow lane
 def test_two_workers_match_one_process(tmp_path):
   """Two MultiWorkerMirrored workers on 127.0.0.1 (2 x 1 replica, global batch 4) end with identical weights,
   and their loss equals a single-process run on the same global batch."""

@@ -1,4 +1,5 @@
-"""The custom training loop: loss falls, MirroredStrategy matches the default strategy, resume, config round trip."""
+"""The custom training loop: loss falls, resume, config round trip; MirroredStrategy matches the default strategy
+(-m slow)."""
 import os
 
 import numpy as np
@@ -67,6 +68,7 @@ def test_resume_continues_from_checkpoint(tmp_path):
   assert tf.train.latest_checkpoint(os.path.join(tmp_path, "checkpoints")).endswith("ckpt-30")
 
 
+@pytest.mark.slow  # 60-80 s, most of it tracing the replicated step: the slow lane
 def test_mirrored_matches_default_strategy(tmp_path):
   """Same data, same init, deterministic loss (p_clean=1: no noise): 2 replicas == 1 device."""
   assert len(tf.config.list_logical_devices("CPU")) >= 2, "conftest splits the CPU into 2 logical devices"
