@@ -55,7 +55,7 @@ def test_real_dft_stft_istft_equal_signal_stft_istft(n_fft, hop, length):
 
 
 # ------------------------------------------------------------------------------ one-pass graph in TFLite
-def _tiny_separator(rate=44100, mix="sum", encoder=True, arch=None, stereo="mid"):
+def _tiny_separator(rate=44100, mix="sum", encoder=True, arch=None, stereo="mid", phase_iterations=0):
   tf.keras.utils.set_random_seed(0)
   priors = {n: SpectralPrior(n_fft=256, hop=64, latent_dim=4, hidden_units=48) for n in NAMES}
   enc = None
@@ -65,7 +65,7 @@ def _tiny_separator(rate=44100, mix="sum", encoder=True, arch=None, stereo="mid"
       kwargs.update(arch=arch, wavenet_blocks=1, wavenet_layers=2)
     enc = spectral.SpectralEncoder(len(NAMES), 129, 4, **kwargs)
   return spectral.SpectralPriorSeparator(priors, rate, mix, iterations=0, encoder=enc, chunk_length=CHUNK,
-                                         stereo=stereo)
+                                         stereo=stereo, phase_iterations=phase_iterations)
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +149,21 @@ def test_one_pass_tflite_quantised_variants(tiny):
     assert _sdr(f32, est) > min_sdr, (q, _sdr(f32, est))
   sizes = {q: os.path.getsize(p) for q, p in paths.items()}
   assert sizes["dynamic"] < 0.5 * sizes["none"] and sizes["float16"] < 0.75 * sizes["none"], sizes
+
+
+def test_one_pass_tflite_with_misi_rounds_matches_eager(tmp_path):
+  """phase_iterations > 0: the MISI rounds in real arithmetic (unrolled) give the eager separator's estimates, and
+  every channel's still add up to it ('mean' mix: to N times it)."""
+  sep = _tiny_separator(mix="mean", phase_iterations=2)
+  paths = tflite_lib.export_model_tflite(sep, str(tmp_path), "m", ("none",))
+  lite = tflite_lib.TFLiteSeparator(paths["none"])
+  x = _noise([1, 2, CHUNK], seed=8)
+  eager = sep.separate_channels(x)
+  plain = _tiny_separator(mix="mean").separate_channels(x)
+  assert np.abs(eager - plain).max() > 1e-3 * np.abs(plain).max()  # the rounds change the estimates
+  out = lite.separate_channels(x)
+  np.testing.assert_allclose(out, eager, atol=1e-5 * np.abs(eager).max())
+  np.testing.assert_allclose(out[0].sum(axis=1), len(NAMES) * x[0], atol=1e-4)
 
 
 @pytest.mark.slow

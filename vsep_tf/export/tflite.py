@@ -118,7 +118,7 @@ def dft_separate(separator, mix, frame_models, mid: bool):
   [B, F, bins] -> models [B, N, F, bins]. mid: one set of masks from the channels' mean (the spectral separator's
   _separate_channels), else every row its own mix (its `separate`)."""
   from vsep_tf import signal_dft  # pylint: disable=import-outside-toplevel
-  from vsep_tf.separators.masks import ratio_masks, to_sum_mix  # pylint: disable=import-outside-toplevel
+  from vsep_tf.separators.masks import EPS, ratio_masks, to_sum_mix  # pylint: disable=import-outside-toplevel
   n_fft, hop = separator.n_fft, separator.hop
   # An int32 0 that the converter cannot evaluate, so the DFT bases are computed in the graph, not stored as
   # (quantisable) weights: min(channels, 0) where the channel axis is dynamic; "a sample above +inf" (never true,
@@ -133,7 +133,23 @@ def dft_separate(separator, mix, frame_models, mid: bool):
     re_x, im_x = re, im
   magnitude = tf.sqrt(tf.square(re_x) + tf.square(im_x))                              # [1 or C, F, bins]
   masks = ratio_masks(frame_models(magnitude), separator.settings["mask_power"])     # [1 or C, N, F, bins]
-  return signal_dft.istft(masks * re[:, None], masks * im[:, None], n_fft, hop, length=mix.shape[-1], bases=bases)
+  re_k, im_k = masks * re[:, None], masks * im[:, None]
+  sources = signal_dft.istft(re_k, im_k, n_fft, hop, length=mix.shape[-1], bases=bases)
+  iterations = int(separator.settings.get("phase_iterations", 0))
+  if not iterations:
+    return sources
+  # masks.misi in real arithmetic, its rounds unrolled (a static count; no control flow for the interpreter).
+  total = to_sum_mix(mix, separator.mix, separator.num_sources)[:, None]               # [C, 1, T]
+  target = tf.sqrt(tf.square(re_k) + tf.square(im_k))
+
+  def share(y):  # the mixture error shared equally
+    return y + (total - tf.reduce_sum(y, axis=1, keepdims=True)) / float(separator.num_sources)
+
+  for _ in range(iterations):
+    re_y, im_y = signal_dft.stft(share(sources), n_fft, hop, bases=bases)
+    scale = target / tf.maximum(tf.sqrt(tf.square(re_y) + tf.square(im_y)), EPS)
+    sources = signal_dft.istft(re_y * scale, im_y * scale, n_fft, hop, length=mix.shape[-1], bases=bases)
+  return share(sources)
 
 
 def one_pass_separate(separator, mix):

@@ -33,3 +33,31 @@ def masks_to_sources(masks, spec_mix, n_fft: int, hop: int, length):
   """ISTFT(M_k * X): masks float [..., N, frames, bins], spec_mix complex [..., frames, bins] -> [..., N, T]."""
   masked = tf.cast(masks, tf.complex64) * tf.convert_to_tensor(spec_mix, tf.complex64)[..., None, :, :]
   return signal_lib.istft(masked, n_fft, hop, length=length)
+
+
+def misi(masks, spec_mix, mix, n_fft: int, hop: int, length, iterations: int):
+  """Masked estimates refined by multiple input spectrogram inversion (MISI; Gunawan & Sen 2010): [..., N, T].
+
+  Starts from masks_to_sources; each of `iterations` rounds shares the mixture error equally among the N
+  sources, takes the STFT of every source and keeps its phase but sets its magnitude back to the masked one,
+  |M_k X|, then inverts. The masked STFTs M_k X are not consistent (no signal has them as its STFT); the rounds
+  move each estimate towards a signal whose STFT has the masked magnitude. A last error share makes the
+  estimates add up to `mix` exactly. masks [..., N, frames, bins], spec_mix complex [..., frames, bins] (the STFT
+  of `mix`), mix [..., T] (a sum of the sources: to_sum_mix). iterations=0: masks_to_sources."""
+  estimates = masks_to_sources(masks, spec_mix, n_fft, hop, length)
+  if int(iterations) <= 0:
+    return estimates
+  mix = tf.convert_to_tensor(mix, tf.float32)[..., None, :]
+  num_sources = tf.cast(tf.shape(estimates)[-2], tf.float32)
+  target = tf.abs(tf.cast(masks, tf.complex64) * tf.convert_to_tensor(spec_mix, tf.complex64)[..., None, :, :])
+
+  def share_error(y):
+    return y + (mix - tf.reduce_sum(y, axis=-2, keepdims=True)) / num_sources
+
+  def body(i, y):
+    spec = signal_lib.stft(share_error(y), n_fft, hop)
+    scale = target / tf.maximum(tf.abs(spec), EPS)
+    return i + 1, signal_lib.istft(spec * tf.cast(scale, tf.complex64), n_fft, hop, length=length)
+
+  _, estimates = tf.while_loop(lambda i, _: i < int(iterations), body, (tf.constant(0), estimates))
+  return share_error(estimates)

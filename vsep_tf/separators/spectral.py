@@ -27,7 +27,9 @@ rho = 0 is the independent-frame prior. The amortised encoder's MAP objective us
 
 Estimates: power-p Wiener masks M_k = V_k^p / sum_j V_j^p on the mixture STFT (oracle.ratio_masks /
 masks_to_sources, as the NMF baseline and the IRM oracle), so they add up to the mixture (as a sum; a 'mean'
-mix is scaled by N first, like every mask separator here).
+mix is scaled by N first, like every mask separator here). With `phase_iterations` > 0 the masked STFTs then go
+through that many rounds of MISI (masks.misi): every estimate keeps its masked magnitude |M_k X| but takes the
+phase of a signal's STFT, the mixture error shared equally, and the estimates still add up to the mixture.
 
 Amortised inference (`SpectralEncoder`, --job=spectral_encoder, training/spectral_trainer.py): one network
 reads the MIXTURE's frames (with +-context_frames of context) and outputs, for every class and frame, a
@@ -61,7 +63,7 @@ from vsep_tf.data import mixing
 from vsep_tf.layers.wavenet import WaveNet
 from vsep_tf.priors.spectral import normalised_log_spectrum
 from vsep_tf.separators.base import Separator, channels_batch
-from vsep_tf.separators.masks import masks_to_sources, ratio_masks, to_sum_mix
+from vsep_tf.separators.masks import misi, ratio_masks, to_sum_mix
 
 INITS = ("encoder", "zero")
 ENCODER_ARCHS = ("conv", "wavenet")
@@ -71,14 +73,15 @@ EPS = 1e-8
 
 def spectral_search_hyperparameters(iterations: int = 300, learning_rate: float = 0.05, prior_weight: float = 1.0,
                                     mask_power: float = 2.0, init: str = "encoder", stereo: str = "mid",
-                                    temporal_rho: float = 0.0) -> Dict:
+                                    temporal_rho: float = 0.0, phase_iterations: int = 0) -> Dict:
   """The MAP fit's settings (flags --spectral_search.<name>; the module docstring).
 
   iterations / learning_rate: Adam steps on (z, a) per mix. prior_weight: weight of the latent prior
   (1: the posterior mode of the trained model). mask_power: p of the Wiener masks. init: 'encoder' or 'zero'.
   stereo: 'mid' (one fit on the channels' mean, its masks applied to every channel) or 'independent' (every
   channel fitted and masked on its own). temporal_rho: the latent prior's frame-to-frame correlation (0:
-  independent frames; the module docstring)."""
+  independent frames; the module docstring). phase_iterations: rounds of MISI phase retrieval after the masks
+  (masks.misi; 0: the masked mixture STFT as it is)."""
   if init not in INITS:
     raise ValueError(f"init={init!r}; choose from {INITS}")
   if stereo not in STEREO:
@@ -88,8 +91,11 @@ def spectral_search_hyperparameters(iterations: int = 300, learning_rate: float 
                      f"{iterations}, {learning_rate}, {prior_weight}, {mask_power}")
   if not 0.0 <= temporal_rho < 1.0:
     raise ValueError(f"temporal_rho={temporal_rho}: 0 <= rho < 1 required")
+  if phase_iterations < 0:
+    raise ValueError(f"phase_iterations={phase_iterations}: >= 0 required")
   return dict(iterations=int(iterations), learning_rate=float(learning_rate), prior_weight=float(prior_weight),
-              mask_power=float(mask_power), init=str(init), stereo=str(stereo), temporal_rho=float(temporal_rho))
+              mask_power=float(mask_power), init=str(init), stereo=str(stereo), temporal_rho=float(temporal_rho),
+              phase_iterations=int(phase_iterations))
 
 
 def latent_prior_energy(z, rho: float = 0.0):
@@ -202,7 +208,8 @@ class SpectralPriorSeparator(Separator):
 
   def __init__(self, priors: dict, sample_rate: int, mix: str, iterations: int = 300, learning_rate: float = 0.05,
                prior_weight: float = 1.0, mask_power: float = 2.0, init: str = "encoder", stereo: str = "mid",
-               temporal_rho: float = 0.0, chunk_length: int = 2 ** 18, encoder: "SpectralEncoder" = None,
+               temporal_rho: float = 0.0, phase_iterations: int = 0, chunk_length: int = 2 ** 18,
+               encoder: "SpectralEncoder" = None,
                encoder_sources=None):
     self.priors = dict(priors)
     if not self.priors:
@@ -211,7 +218,7 @@ class SpectralPriorSeparator(Separator):
     self.sample_rate = int(sample_rate)
     self.mix = mixing.check_mix(mix)
     self.settings = spectral_search_hyperparameters(iterations, learning_rate, prior_weight, mask_power, init,
-                                                    stereo, temporal_rho)
+                                                    stereo, temporal_rho, phase_iterations)
     first = next(iter(self.priors.values()))
     for name, prior in self.priors.items():
       if (prior.n_fft, prior.hop, prior.concentration) != (first.n_fft, first.hop, first.concentration):
@@ -331,7 +338,12 @@ class SpectralPriorSeparator(Separator):
     length = tf.shape(mix)[-1]
     spec = signal_lib.stft(to_sum_mix(mix, self.mix, self.num_sources), self.n_fft, self.hop)  # [B, F, bins]
     masks = ratio_masks(self.source_models(tf.abs(spec)), self.settings["mask_power"])
-    return masks_to_sources(masks, spec, self.n_fft, self.hop, length)
+    return self._estimates(masks, spec, mix, length)
+
+  def _estimates(self, masks, spec, mix, length):
+    """Masks [..., N, F, bins] on the sum-mix STFT spec -> sources [..., N, T] (MISI rounds if set)."""
+    return misi(masks, spec, to_sum_mix(mix, self.mix, self.num_sources), self.n_fft, self.hop, length,
+                self.settings["phase_iterations"])
 
   def _separate_channels(self, mix):
     """mix [B, C, T] -> [B, C, N, T]: the fit on the mid channel (the channels' mean, what the priors and the
@@ -340,7 +352,7 @@ class SpectralPriorSeparator(Separator):
     length = tf.shape(mix)[-1]
     spec = signal_lib.stft(to_sum_mix(mix, self.mix, self.num_sources), self.n_fft, self.hop)  # [B, C, F, bins]
     masks = ratio_masks(self.source_models(tf.abs(tf.reduce_mean(spec, axis=1))), self.settings["mask_power"])
-    return masks_to_sources(masks[:, None], spec, self.n_fft, self.hop, length)
+    return self._estimates(masks[:, None], spec, mix, length)
 
   def separate_channels_graph(self, mix):
     """separate_channels inside a graph (an export's stereo signature): float32 tensor [B, C, T] -> [B, C, N, T]."""
