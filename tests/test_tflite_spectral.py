@@ -151,9 +151,11 @@ def test_one_pass_tflite_quantised_variants(tiny):
   assert sizes["dynamic"] < 0.5 * sizes["none"] and sizes["float16"] < 0.75 * sizes["none"], sizes
 
 
-def test_one_pass_tflite_with_misi_rounds_matches_eager(tmp_path):
+def test_misi_rounds_in_tflite_and_saved_model_match_eager(tmp_path):
   """phase_iterations > 0: the MISI rounds in real arithmetic (unrolled) give the eager separator's estimates, and
-  every channel's still add up to it ('mean' mix: to N times it)."""
+  every channel's still add up to it ('mean' mix: to N times it); the SavedModel (a while loop over a static
+  chunk) gives them too."""
+  from vsep_tf.export import saved_model as saved_model_lib  # pylint: disable=import-outside-toplevel
   sep = _tiny_separator(mix="mean", phase_iterations=2)
   paths = tflite_lib.export_model_tflite(sep, str(tmp_path), "m", ("none",))
   lite = tflite_lib.TFLiteSeparator(paths["none"])
@@ -164,6 +166,11 @@ def test_one_pass_tflite_with_misi_rounds_matches_eager(tmp_path):
   out = lite.separate_channels(x)
   np.testing.assert_allclose(out, eager, atol=1e-5 * np.abs(eager).max())
   np.testing.assert_allclose(out[0].sum(axis=1), len(NAMES) * x[0], atol=1e-4)
+  loaded = saved_model_lib.SavedModelSeparator(saved_model_lib.export_saved_model(sep, str(tmp_path), "sm", version=1))
+  np.testing.assert_allclose(loaded.separate_channels(x), eager, atol=1e-5 * np.abs(eager).max())
+  mono = x[0]  # two rows, each its own mix
+  want = np.asarray(sep.separate(mono))
+  np.testing.assert_allclose(loaded.separate(mono), want, atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.slow

@@ -57,7 +57,9 @@ def misi(masks, spec_mix, mix, n_fft: int, hop: int, length, iterations: int):
   def body(i, y):
     spec = signal_lib.stft(share_error(y), n_fft, hop)
     scale = target / tf.maximum(tf.abs(spec), EPS)
-    return i + 1, signal_lib.istft(spec * tf.cast(scale, tf.complex64), n_fft, hop, length=length)
+    out = signal_lib.istft(spec * tf.cast(scale, tf.complex64), n_fft, hop, length=length)
+    out.set_shape(y.shape)  # a static length (an export's chunk) stays static through the loop
+    return i + 1, out
 
   _, estimates = tf.while_loop(lambda i, _: i < int(iterations), body, (tf.constant(0), estimates))
   return share_error(estimates)
