@@ -192,6 +192,11 @@ def test_quality_presets(trained):
   assert load_separator(shipped).settings["iterations"] == 300
   assert load_separator(shipped, quality="fast").settings["iterations"] == 0
   assert load_separator(shipped, quality="balanced").settings["iterations"] == 50
+  # MISI rounds: the saved ones in 'balanced' and 'best', none in 'fast' (an override still wins)
+  assert [load_separator(shipped, quality=q).settings["phase_iterations"] for q in ("fast", "balanced", "best")] \
+      == [0, 10, 10]
+  assert load_separator(shipped, ["--spectral_search.phase_iterations=3"], quality="fast").settings[
+      "phase_iterations"] == 3
   assert model_dir_lib.quality_overrides(model_dir_lib.load_config(str(model_dir)), "balanced") == []
   assert load_separator(shipped, ["--spectral_search.iterations=7"], quality="fast").settings["iterations"] == 7
   with pytest.raises(ValueError, match="quality"):

@@ -50,6 +50,9 @@ MANIFEST_EXCLUDED = ("model_dir", "data_root", "musdb_root", "prior_dir", "teach
 # iterations (docs/results.md, "Quality presets": chosen on held-out train tracks, and what each costs).
 QUALITIES = ("fast", "balanced", "best")
 PRESET_ITERATIONS = {"spectral_encoder": {"fast": 0, "balanced": 50}}
+# MISI rounds after the masks: none in 'fast' (10 rounds triple the one pass's time on the chorales; the fit's
+# time grows by a few per cent).
+PRESET_PHASE_ITERATIONS = {"spectral_encoder": {"fast": 0}}
 
 
 class ModelDirError(ValueError):
@@ -275,13 +278,16 @@ def restore_extra_priors(extra_priors: Mapping[str, str], sample_rate: int, late
 def quality_overrides(cfg: config_lib.Config, quality: str) -> list:
   """The '--name=value' settings quality preset `quality` (QUALITIES) sets for a model of saved settings `cfg`
   (load_config): none for 'best' (its saved settings) or for a kind with one setting; a spectral_encoder's
-  MAP-fit iterations capped at PRESET_ITERATIONS (never more than it saves)."""
+  MAP-fit iterations capped at PRESET_ITERATIONS and its MISI rounds at PRESET_PHASE_ITERATIONS (never more
+  than it saves)."""
   if quality not in QUALITIES:
     raise ValueError(f"quality={quality!r}; choose from {QUALITIES}")
-  cap = PRESET_ITERATIONS.get(separator_kind(cfg), {}).get(quality)
-  if cap is None:
-    return []
-  return [f"--spectral_search.iterations={min(cap, int(cfg['spectral_search.iterations']))}"]
+  kind, out = separator_kind(cfg), []
+  for name, caps in (("iterations", PRESET_ITERATIONS), ("phase_iterations", PRESET_PHASE_ITERATIONS)):
+    cap = caps.get(kind, {}).get(quality)
+    if cap is not None:
+      out.append(f"--spectral_search.{name}={min(cap, int(cfg[f'spectral_search.{name}']))}")
+  return out
 
 
 def load_separator(model_dir: str, overrides: Sequence[str] = (), sources: Sequence[str] = None,

@@ -112,13 +112,18 @@ def one_pass_models(separator, magnitude):
   return tf.exp(a[..., None] + log_shapes)
 
 
+# The magnitude floor of the MISI rounds in the TFLite graph: masks.EPS (1e-10) is 0 in float16, so a float16
+# model's silent bins gave 0 / 0 = NaN (measured); 1e-6 survives float16 and moves no audible bin.
+MISI_FLOOR = 1e-6
+
+
 def dft_separate(separator, mix, frame_models, mid: bool):
   """mix [C, T] (T static) -> sources [C, N, T] in TFLite builtins: real-DFT STFT (signal_dft), magnitude frame
   models -> ratio masks on every channel's STFT, overlap-add ISTFT; no complex tensors. frame_models: magnitudes
   [B, F, bins] -> models [B, N, F, bins]. mid: one set of masks from the channels' mean (the spectral separator's
   _separate_channels), else every row its own mix (its `separate`)."""
   from vsep_tf import signal_dft  # pylint: disable=import-outside-toplevel
-  from vsep_tf.separators.masks import EPS, ratio_masks, to_sum_mix  # pylint: disable=import-outside-toplevel
+  from vsep_tf.separators.masks import ratio_masks, to_sum_mix  # pylint: disable=import-outside-toplevel
   n_fft, hop = separator.n_fft, separator.hop
   # An int32 0 that the converter cannot evaluate, so the DFT bases are computed in the graph, not stored as
   # (quantisable) weights: min(channels, 0) where the channel axis is dynamic; "a sample above +inf" (never true,
@@ -147,7 +152,7 @@ def dft_separate(separator, mix, frame_models, mid: bool):
 
   for _ in range(iterations):
     re_y, im_y = signal_dft.stft(share(sources), n_fft, hop, bases=bases)
-    scale = target / tf.maximum(tf.sqrt(tf.square(re_y) + tf.square(im_y)), EPS)
+    scale = target / tf.maximum(tf.sqrt(tf.square(re_y) + tf.square(im_y)), MISI_FLOOR)
     sources = signal_dft.istft(re_y * scale, im_y * scale, n_fft, hop, length=mix.shape[-1], bases=bases)
   return share(sources)
 
@@ -184,11 +189,13 @@ HARMONIC_FLOAT16 = ("a harmonic separator does not convert to TFLite float16: fl
 
 def model_dir_separator(model_dir: str, overrides=()):
   """The separator of a spectral or harmonic model directory in the form its TFLite graph holds: a spectral
-  separator's one pass (--spectral_search.iterations=0), a harmonic separator whole."""
+  separator's one pass (--spectral_search.iterations=0; a spectral_encoder's at the 'fast' preset: no MISI
+  rounds unless `overrides` set them), a harmonic separator whole."""
   from vsep_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
   kind = model_dir_lib.read_manifest(model_dir)["separator"]
   if kind in ("spectral", "spectral_encoder"):
-    return model_dir_lib.load_separator(model_dir, list(overrides) + ["--spectral_search.iterations=0"])
+    return model_dir_lib.load_separator(model_dir, list(overrides) + ["--spectral_search.iterations=0"],
+                                        quality="fast")
   if kind == "harmonic":
     return model_dir_lib.load_separator(model_dir, list(overrides))
   raise ValueError(f"{model_dir}: a {kind!r} model; --model_dir conversion is for spectral separators "
