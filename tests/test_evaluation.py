@@ -135,6 +135,7 @@ def _run(module, *args, timeout=120):
                         timeout=timeout, env=ENV)
 
 
+@pytest.mark.slow  # two CLI processes, ~50 s; the default run has the evaluate CLI on a model directory
 def test_cli_oracle_beats_mixture_on_toy(tmp_path):
   common = ["--dataset=toy", "--toy_seed=1234", "--num_examples=2", "--max_seconds=1.5"]
   irm, mix = tmp_path / "irm.json", tmp_path / "mix.json"

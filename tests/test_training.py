@@ -1,5 +1,5 @@
-"""The custom training loop: loss falls, resume, config round trip; MirroredStrategy matches the default strategy
-(-m slow)."""
+"""The custom training loop: loss falls, config round trip; resume and MirroredStrategy matching the default
+strategy (-m slow)."""
 import os
 
 import numpy as np
@@ -53,6 +53,7 @@ def test_smoke_training_loss_falls(tmp_path):
   assert (tmp_path / model_dir_lib.MANIFEST_FILENAME).exists()
 
 
+@pytest.mark.slow  # ~50 s (two trainers traced); resume stays in the default run via the spectral separator's rerun
 def test_resume_continues_from_checkpoint(tmp_path):
   first = trainer_lib.PriorTrainer(make_flags(tmp_path, "--train_steps=20"))
   first.train()
