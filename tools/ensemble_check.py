@@ -19,7 +19,7 @@ from absl import app, flags
 
 from vsep_tf import evaluate as evaluate_lib
 from vsep_tf import signal as signal_lib
-from vsep_tf.model_dir import load_separator
+from vsep_tf.model_dir import QUALITIES, load_separator
 from vsep_tf.separators.base import Separator
 from vsep_tf.separators.masks import misi, ratio_masks, to_sum_mix
 from vsep_tf.separators.spectral import SpectralPriorSeparator
@@ -86,7 +86,7 @@ def define_flags(fv: flags.FlagValues):
   flags.DEFINE_integer("phase_iterations", 10, "MISI rounds after the averaged masks.", flag_values=fv)
   flags.DEFINE_integer("shifts", 1, "Average this many copies of the mix delayed by hop / shifts each.",
                        flag_values=fv)
-  flags.DEFINE_enum("quality", "best", ["fast", "balanced", "best"], "Every member's quality preset.",
+  flags.DEFINE_enum("quality", "best", list(QUALITIES), "Every member's quality preset.",
                     flag_values=fv)
   flags.DEFINE_string("output_json", None, "Write the results here.", flag_values=fv)
 
