@@ -107,9 +107,7 @@ def main(argv):
     return 1
   result["ensemble"] = dict(members=list(fv.members), combine=fv.combine, phase_iterations=fv.phase_iterations,
                             shifts=fv.shifts, quality=fv.quality)
-  if fv.output_json:
-    evaluate_lib.write_results(result, fv.output_json)
-  print(evaluate_lib.summary_table(result))
+  evaluate_lib.report(result, fv.output_json)
   return 0
 
 

@@ -559,6 +559,16 @@ def default_per_track_dir(output_json: str) -> str:
   return base + ".tracks"
 
 
+def report(result: Dict, output_json: Optional[str] = None):
+  """Writes `result` to output_json (if given) and prints its summary table and times (the tools' last step)."""
+  if output_json:
+    write_results(result, output_json)
+  print(summary_table(result))
+  print(f"{result['num_tracks']} tracks, {result['audio_seconds']:.1f} s of audio, separation "
+        f"{result['seconds']['separation']:.1f} s, total {result['seconds']['total']:.1f} s"
+        + (f"; results in {output_json}" if output_json else ""))
+
+
 def summary_table(result: Dict) -> str:
   """The per-source table of a result, with the overall row, and a header line."""
   head = (f"{result['method']} on {result['dataset']}/{result.get('split', '?')}: {result['num_tracks']} tracks"
@@ -680,12 +690,7 @@ def main(argv):
     print(f"vsep_tf.evaluate: error: {e}", file=sys.stderr)
     return 1
   result["flags"] = {name: fv[name].value for name in tool_flag_names()}
-  if fv.output_json:
-    write_results(result, fv.output_json)
-  print(summary_table(result))
-  print(f"{result['num_tracks']} tracks, {result['audio_seconds']:.1f} s of audio, separation "
-        f"{result['seconds']['separation']:.1f} s, total {result['seconds']['total']:.1f} s"
-        + (f"; results in {fv.output_json}" if fv.output_json else ""))
+  report(result, fv.output_json)
   return 0
 
 
