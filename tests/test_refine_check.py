@@ -8,10 +8,12 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import require_chorales, tone
-from tools.refine_check import LearnedRefiner, RefinedSeparator, checkpoint_path, map_objective, train_refiner
+from tools.refine_check import (INPUTS, LearnedRefiner, RefinedSeparator, checkpoint_path, gain_gradient,
+                                map_objective, train_refiner)
 from vsep_tf import signal as signal_lib
 from vsep_tf.data import build_dataset
 from vsep_tf.model_dir import load_separator
+from vsep_tf.separators.spectral import mixture_objective
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHORALES = os.path.join(REPO, "pretrained", "chorales")
@@ -25,9 +27,9 @@ def base():
   return load_separator(CHORALES, ["--spectral_search.phase_iterations=0"], quality="fast")
 
 
-def _refiner(base, steps=2, hidden_units=16):
+def _refiner(base, steps=2, hidden_units=16, inputs="gradient"):
   prior = next(iter(base.priors.values()))
-  return LearnedRefiner(len(base.priors), prior.bins, prior.latent_dim, steps, hidden_units)
+  return LearnedRefiner(len(base.priors), prior.bins, prior.latent_dim, steps, hidden_units, inputs=inputs)
 
 
 def _mix():
@@ -36,11 +38,25 @@ def _mix():
   return (tone("sine", 440.0, 1.0, rng, 16000) + tone("square", 147.0, 1.0, rng, 16000))[None]
 
 
-def test_a_fresh_refiner_is_the_encoders_one_pass(base):
+@pytest.mark.parametrize("inputs", INPUTS)
+def test_a_fresh_refiner_is_the_encoders_one_pass(base, inputs):
   mix = _mix()
-  refined = np.asarray(RefinedSeparator(base, _refiner(base)).separate(mix))
+  refined = np.asarray(RefinedSeparator(base, _refiner(base, inputs=inputs)).separate(mix))
   np.testing.assert_allclose(refined, np.asarray(base.separate(mix)), atol=1e-5)
   np.testing.assert_allclose(refined.sum(1), mix, atol=1e-3)
+
+
+def test_the_written_out_gain_gradient_is_autodiffs(base):
+  x = tf.abs(signal_lib.stft(tf.constant(_mix()), base.n_fft, base.hop))
+  z, a = base.initial_latents(x)
+  a = a + tf.random.stateless_normal(tf.shape(a), [1, 2], stddev=0.5)  # away from the encoder's balance
+  priors = list(base.priors.values())
+  with tf.GradientTape() as tape:
+    tape.watch(a)
+    data = tf.reduce_sum(mixture_objective(priors, x, z, a, base.concentration)[1])
+  _, written = gain_gradient(priors, x, z, a, base.concentration)
+  expected = tape.gradient(data, a).numpy()
+  np.testing.assert_allclose(written.numpy(), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
 
 def test_training_on_real_mixes_lowers_the_objective_and_restores(base, tmp_path):

@@ -10,6 +10,10 @@ with respect to them, and outputs an update:
 
     (z, a) <- (z, a) + R_i(features(X), z, a - log mass, g(grad_z), g(grad_a)),   g(u) = sign(u) log(1 + |u|)
 
+--inputs=residual replaces the gradient in z (autodiff through the decoders: ops the TFLite converter refuses) by
+the mixture's residual log((X + e) / (Y + e)) per bin, Y the current mixture model; the gradient in a is written
+out (gain_gradient).
+
 The networks learn on training MIXES alone (the model's own training tracks, its --valid_tracks held out) by the
 MAP objective after the last step, the priors and the encoder frozen: the same unsupervised objective as the
 encoder's `--encoder_objective=map`. The separation is still one graph of fixed cost (the encoder, then --steps
@@ -40,25 +44,40 @@ from vsep_tf.separators.spectral import (EPS, SpectralPriorSeparator, latent_pri
                                          mixture_objective)
 
 
+INPUTS = ("gradient", "residual")
+
+
 def signed_log(u):
   return tf.sign(u) * tf.math.log1p(tf.abs(u))
+
+
+def gain_gradient(priors, x, z, a, concentration: float):
+  """(mixture model Y [B, F, bins], the data term's gradient in the log-gains a [B, N, F]) without autodiff:
+  d/da_k of scale * sum_f (X log(X / Y) - X + Y) is scale * sum_f V_k (1 - X / Y) (mixture_objective)."""
+  models, _ = mixture_objective(priors, x, z, a, concentration)
+  y = tf.reduce_sum(models, axis=1) + EPS
+  scale = concentration / (tf.reduce_mean(tf.reduce_sum(x, axis=-1), axis=-1) + EPS)
+  return y, scale[:, None, None] * tf.reduce_sum(models * (1.0 - x / y)[:, None], axis=-1)
 
 
 class LearnedRefiner(keras.Model):
   """`steps` refinement networks over the frame sequence (module docstring)."""
 
   def __init__(self, num_sources: int, bins: int, latent_dim: int, steps: int = 2, hidden_units: int = 128,
-               wavenet_blocks: int = 1, wavenet_layers: int = 6, **kwargs):
+               wavenet_blocks: int = 1, wavenet_layers: int = 6, inputs: str = "gradient", **kwargs):
     super().__init__(**kwargs)
+    if inputs not in INPUTS:
+      raise ValueError(f"inputs={inputs!r}; choose from {INPUTS}")
     self.num_sources, self.bins, self.latent_dim, self.steps = num_sources, bins, latent_dim, steps
-    inputs = bins + 1 + num_sources * (2 * latent_dim + 2)
+    self.inputs = inputs
+    width = bins + 1 + num_sources * (latent_dim + 2) + (num_sources * latent_dim if inputs == "gradient" else bins)
     # Attributes refine_0, refine_1, ... (vsep_tf.layers.tracking: a list attribute is not checkpointed).
     set_layer_list(self, "refine", [
         WaveNet(num_blocks=wavenet_blocks, num_layers=wavenet_layers, residual_channels=hidden_units,
                 skip_channels=hidden_units, out_channels=num_sources * (latent_dim + 1), kernel_size=3,
                 causal=False, zero_init_output=True, name=f"refine_{i}") for i in range(steps)])
     for net in self.nets:
-      net.build((None, None, inputs))
+      net.build((None, None, width))
     self.built = True
 
   @property
@@ -78,13 +97,19 @@ class LearnedRefiner(keras.Model):
       return tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [b, f, n * t.shape[-1]])
 
     for net in self.nets:
-      with tf.GradientTape() as tape:
-        tape.watch([z, a])
-        _, data = mixture_objective(priors, x, z, a, concentration)
-        loss = tf.reduce_sum(data) + prior_weight * tf.reduce_sum(latent_prior_energy(z, rho))
-      gz, ga = tape.gradient(loss, [z, a])
       share = a - log_mass[:, None]
-      inputs = tf.concat([features, frames(z), frames(signed_log(gz)), frames(share[..., None]),
+      if self.inputs == "gradient":
+        with tf.GradientTape() as tape:
+          tape.watch([z, a])
+          _, data = mixture_objective(priors, x, z, a, concentration)
+          loss = tf.reduce_sum(data) + prior_weight * tf.reduce_sum(latent_prior_energy(z, rho))
+        gz, ga = tape.gradient(loss, [z, a])
+        specific = frames(signed_log(gz))
+      else:  # no autodiff: the mixture's residual per bin and the data term's gradient in a, written out
+        y, ga = gain_gradient(priors, x, z, a, concentration)
+        floor = 1e-3 * tf.reduce_mean(x, axis=[1, 2], keepdims=True) + EPS
+        specific = tf.math.log((x + floor) / (y + floor))
+      inputs = tf.concat([features, frames(z), specific, frames(share[..., None]),
                           frames(signed_log(ga)[..., None])], axis=-1)
       delta = tf.transpose(tf.reshape(net(inputs), [b, f, n, d + 1]), [0, 2, 1, 3])
       z, a = z + delta[..., :d], a + delta[..., d]
@@ -119,12 +144,13 @@ def map_objective(base: SpectralPriorSeparator, x, z, a):
 
 
 def train_refiner(base: SpectralPriorSeparator, data, steps: int, train_steps: int, batch_size: int,
-                  crop_length: int, learning_rate: float, hidden_units: int, seed: int, log_every: int = 50):
+                  crop_length: int, learning_rate: float, hidden_units: int, seed: int, log_every: int = 50,
+                  inputs: str = "gradient"):
   """(LearnedRefiner, history [(objective refined, objective at the encoder's answer)] per step): a refiner
   after base's amortised encoder (frozen, as its priors), trained on data's 'train' mixes (a data set object:
   its held-out tracks stay out) by base's MAP objective after the last step, averaged over the batch."""
   priors = list(base.priors.values())
-  refiner = LearnedRefiner(len(priors), priors[0].bins, priors[0].latent_dim, steps, hidden_units)
+  refiner = LearnedRefiner(len(priors), priors[0].bins, priors[0].latent_dim, steps, hidden_units, inputs=inputs)
   ds = data.mixtures("train", length=crop_length, batch_size=batch_size, seed=seed)
   optimizer = keras.optimizers.Adam(learning_rate)
   s, n = base.settings, len(priors)
@@ -161,6 +187,9 @@ def define_flags(fv: flags.FlagValues):
   flags.DEFINE_string("output_dir", None, "Where the refiner's weights go (or come from with --train_steps=0).",
                       flag_values=fv)
   flags.DEFINE_integer("steps", 2, "Learned refinement steps.", flag_values=fv)
+  flags.DEFINE_enum("inputs", "gradient", list(INPUTS), "What each step reads besides the mixture and the current "
+                    "latents: the MAP objective's gradient, or the mixture's residual per bin (no autodiff).",
+                    flag_values=fv)
   flags.DEFINE_integer("hidden_units", 128, "Channels of every refinement WaveNet.", flag_values=fv)
   flags.DEFINE_integer("train_steps", 1000, "Training steps (0: restore from --output_dir).", flag_values=fv)
   flags.DEFINE_integer("train_batch_size", 8, "Training mixes per step.", flag_values=fv)
@@ -188,21 +217,22 @@ def main(argv):
       cfg = load_config(fv.model_dir)
       data = (registry.dataset_from_config(cfg) if cfg.get("data_root") else evaluate_lib.build_dataset(opts))
       refiner, _ = train_refiner(base, data, fv.steps, fv.train_steps, fv.train_batch_size, fv.crop_length,
-                                 fv.learning_rate, fv.hidden_units, fv.seed)
+                                 fv.learning_rate, fv.hidden_units, fv.seed, inputs=fv.inputs)
       print(f"refiner: {refiner.count_params()} parameters, {fv.steps} steps")
       os.makedirs(fv.output_dir, exist_ok=True)
       tf.train.Checkpoint(refiner=refiner).write(checkpoint_path(fv.output_dir))
     else:
       if not tf.io.gfile.exists(checkpoint_path(fv.output_dir) + ".index"):
         raise FileNotFoundError(f"no refiner in {fv.output_dir} (train one with --train_steps > 0)")
-      refiner = LearnedRefiner(len(priors), priors[0].bins, priors[0].latent_dim, fv.steps, fv.hidden_units)
+      refiner = LearnedRefiner(len(priors), priors[0].bins, priors[0].latent_dim, fv.steps, fv.hidden_units,
+                               inputs=fv.inputs)
       tf.train.Checkpoint(refiner=refiner).read(checkpoint_path(fv.output_dir)).assert_consumed()
     separator = RefinedSeparator(base, refiner)
     result = evaluate_lib.evaluate(opts, separator=separator)
   except (ValueError, FileNotFoundError) as e:
     print(f"tools.refine_check: error: {e}", file=sys.stderr)
     return 1
-  result["refiner"] = dict(model_dir=fv.model_dir, steps=fv.steps, hidden_units=fv.hidden_units,
+  result["refiner"] = dict(model_dir=fv.model_dir, steps=fv.steps, inputs=fv.inputs, hidden_units=fv.hidden_units,
                            train_steps=fv.train_steps, model_override=list(fv.model_override))
   evaluate_lib.report(result, fv.output_json)
   return 0
